@@ -1,0 +1,1 @@
+"""fedilake: fediverse ingestion into Kafka, HBase live counters and an HDFS lake."""

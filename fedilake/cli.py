@@ -1,0 +1,296 @@
+"""The `fedilake` command: the stack, the daemons, the batch job and queries, each a subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from types import FrameType
+from typing import Any
+
+from fedilake.settings import (
+    BatchSettings,
+    HBaseSettings,
+    HdfsSettings,
+    HdfsSinkSettings,
+    KafkaSettings,
+    ProcessorSettings,
+    SimulatorSettings,
+    StackSettings,
+    StreamerSettings,
+)
+from fedilake.stack.errors import StackError
+
+log = logging.getLogger("fedilake")
+
+QUIET_LOGGERS = ("kafka", "aiokafka", "urllib3", "faust", "mode", "hdfs", "happybase", "thriftpy2")
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def out(text: str = "") -> None:
+    """What a command prints for the person who ran it (results, not logs)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def on_sigterm(stop: Callable[[], None]) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# ---------------------------------------------------------------------------- stack
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from fedilake.stack.control import LocalStack, tail
+
+    stack = LocalStack(StackSettings())
+    if args.action == "up":
+        for status in stack.up(args.services or None):
+            out(
+                f"{status.name:9} up  pid {status.pid:<7} ports {_ports(status.ports):28} "
+                f"{status.detail}"
+            )
+    elif args.action == "down":
+        stopped = stack.down(args.services or None)
+        out("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    elif args.action == "status":
+        statuses = stack.status()
+        out(f"{'SERVICE':9} {'STATE':9} {'PID':7} {'PORTS':28} DETAIL")
+        for st in statuses:
+            state = "healthy" if st.healthy else ("down" if st.pid is None else "unhealthy")
+            out(f"{st.name:9} {state:9} {st.pid or '-'!s:7} {_ports(st.ports):28} {st.detail}")
+        return 0 if all(st.healthy for st in statuses) else 3
+    elif args.action == "logs":
+        if len(args.services) != 1:
+            raise StackError("`fedilake stack logs` takes exactly one SERVICE")
+        out(tail(stack.log_path(args.services[0]), args.lines))
+    elif args.action == "kill":
+        for name in args.services:
+            stack.kill(stack.service(name).name)
+    return 0
+
+
+def _ports(ports: Sequence[int]) -> str:
+    return ",".join(str(p) for p in ports)
+
+
+# ---------------------------------------------------------------------------- init
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from fedilake.kafka_topics import ensure_topics
+    from sinks.hbase import connect, init_tables
+
+    created = ensure_topics(KafkaSettings())
+    out("Kafka topics: " + (", ".join(created) + " created" if created else "all present"))
+    connection = connect(HBaseSettings())
+    try:
+        tables = init_tables(connection)
+    finally:
+        connection.close()
+    out("HBase tables: " + (", ".join(tables) + " created" if tables else "all present"))
+    return 0
+
+
+# ---------------------------------------------------------------------------- daemons
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from streamer.simulator import run
+
+    overrides = {
+        k: v
+        for k, v in {
+            "port": args.port,
+            "rate": args.rate,
+            "events": args.events,
+            "seed": args.seed,
+            "start": args.start,
+            "spread_s": args.spread,
+            "ground_truth_file": args.ground_truth,
+        }.items()
+        if v is not None
+    }
+    run(SimulatorSettings(**overrides))
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from streamer.listener import StreamListener, run_streamer
+    from streamer.publisher import EventPublisher, make_producer
+
+    settings = StreamerSettings()
+    if settings.token() is None and "127.0.0.1" in settings.instance_url:
+        # The embedded simulator's well-known token (not a secret): the default run needs none.
+        settings = StreamerSettings(access_token=SimulatorSettings().token)
+    publisher = EventPublisher(make_producer(KafkaSettings()))
+    listener = StreamListener(settings, publisher)
+    on_sigterm(listener.stop)
+    run_streamer(listener, publisher)
+    return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from processors.counters import build_app, run_worker
+
+    app = build_app(ProcessorSettings(), KafkaSettings(), HBaseSettings())
+    run_worker(app)
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from sinks.lake import build_sink
+
+    sink = build_sink(HdfsSinkSettings(), KafkaSettings(), HdfsSettings())
+    on_sigterm(sink.stop)
+    sink.run()
+    return 0
+
+
+# ---------------------------------------------------------------------------- batch, query
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from processors.batch import HashtagRecount
+
+    job = HashtagRecount(StackSettings(), HdfsSettings(), HBaseSettings(), BatchSettings())
+    result = job.run(args.day)
+    out(
+        f"hashtags {result.day}: {result.rows} hourly rows from {result.input_files} lake files "
+        f"in {result.seconds:.1f}s"
+    )
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from fedilake.contracts import Granularity, Metric, bucket_of, parse_hour
+    from sinks.hbase import MetricStore, connect
+
+    hour = parse_hour(args.hour)
+    connection = connect(HBaseSettings())
+    try:
+        top = MetricStore(connection).top(
+            Metric.HASHTAG, Granularity.HOUR, bucket_of(hour, Granularity.HOUR), args.limit
+        )
+    finally:
+        connection.close()
+    out(f"top hashtags of {hour:%Y-%m-%d %H}:00 UTC")
+    out(f"{'#':>3} {'HASHTAG':32} {'LIVE':>8} {'BATCH':>8}")
+    for rank, value in enumerate(top, 1):
+        out(f"{rank:>3} {value.row.dimension:32} {_num(value.live):>8} {_num(value.batch):>8}")
+    if not top:
+        out("(no hashtags counted for that hour)")
+    return 0
+
+
+def _num(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedilake.pipeline import run_pipeline
+
+    return run_pipeline(stop=args.stop)
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"day must look like 2026-11-23, got {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedilake",
+        description="Fediverse ingestion: Mastodon streaming -> Kafka -> HBase counters + HDFS lake.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="start the stack and every daemon on the embedded default")
+    p.add_argument("--stop", action="store_true", help="stop the daemons and the stack instead")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stack", help="the local stack of real services")
+    p.add_argument("action", choices=["up", "down", "status", "logs", "kill"])
+    p.add_argument("services", nargs="*", help="kafka, namenode, datanode, hbase, thrift")
+    p.add_argument("-n", "--lines", type=int, default=40, help="log lines to show (logs)")
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("init", help="create Kafka topics and HBase tables (idempotent)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("simulate", help="a local Mastodon-compatible server with ground truth")
+    p.add_argument("--port", type=int)
+    p.add_argument("--rate", type=float, help="events per second")
+    p.add_argument("--events", type=int, help="stop emitting after this many (default: forever)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--start", help="event time of the first status, e.g. 2026-11-20T10:00:00Z")
+    p.add_argument("--spread", type=float, help="seconds of event time the statuses span")
+    p.add_argument("--ground-truth", help="write the ground truth to this JSON file")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("stream", help="listen to a Mastodon stream and publish to Kafka")
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("process", help="the Faust worker keeping live counters in HBase")
+    p.set_defaults(func=cmd_process)
+
+    p = sub.add_parser("sink", help="writers to storage")
+    p.add_argument("target", choices=["hdfs"])
+    p.set_defaults(func=cmd_sink)
+
+    p = sub.add_parser("batch", help="recompute a day's metrics from the lake (Hadoop Streaming)")
+    p.add_argument("metric", choices=["hashtags"])
+    p.add_argument("--day", type=_day, required=True, help="UTC day, e.g. 2026-11-23")
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("query", help="read the metrics from HBase")
+    p.add_argument("report", choices=["top-hashtags"])
+    p.add_argument("--hour", required=True, help="UTC hour, e.g. 2026-11-23T14")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_query)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    func: Callable[[Any], int] = args.func
+    try:
+        return func(args)
+    except StackError as exc:
+        log.error("%s", exc.describe())
+        return 2
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

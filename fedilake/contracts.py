@@ -1,0 +1,321 @@
+"""The contracts every stage shares: topics, the event envelope, HBase tables and row keys, lake paths."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+# --------------------------------------------------------------------------- Kafka
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    retention_ms: int = 7 * 24 * 3600 * 1000
+
+
+class Topics:
+    """Every Kafka topic fedilake owns."""
+
+    EVENTS = TopicSpec("fedilake.events", partitions=4)
+    DEAD_LETTER = TopicSpec("fedilake.deadletter", partitions=1, retention_ms=30 * 24 * 3600 * 1000)
+
+    @classmethod
+    def all(cls) -> tuple[TopicSpec, ...]:
+        return (cls.EVENTS, cls.DEAD_LETTER)
+
+
+# --------------------------------------------------------------------------- envelope
+
+ENVELOPE_VERSION = 1
+
+
+class EventKind(StrEnum):
+    """What an envelope carries, named after the Mastodon streaming event it came from."""
+
+    STATUS = "status"  # `update`
+    EDIT = "edit"  # `status.update`
+    DELETE = "delete"
+    NOTIFICATION = "notification"
+    CONVERSATION = "conversation"
+    ANNOUNCEMENT = "announcement"
+    REFRESH = "refresh"  # a status re-fetched later for its engagement counts
+    UNKNOWN = "unknown"  # kept, not dropped
+
+
+STREAMING_EVENT_KINDS: dict[str, EventKind] = {
+    "update": EventKind.STATUS,
+    "status.update": EventKind.EDIT,
+    "delete": EventKind.DELETE,
+    "notification": EventKind.NOTIFICATION,
+    "conversation": EventKind.CONVERSATION,
+    "announcement": EventKind.ANNOUNCEMENT,
+    "announcement.reaction": EventKind.ANNOUNCEMENT,
+    "announcement.delete": EventKind.ANNOUNCEMENT,
+}
+
+
+class EnvelopeError(ValueError):
+    """A message that is not a valid envelope; it belongs in the dead-letter topic."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One event as it travels through Kafka, with the server's payload kept byte for byte.
+
+    `payload` is the `data:` text exactly as the server sent it; metrics parse it
+    lazily through `payload_json`.
+    """
+
+    kind: EventKind
+    instance: str
+    stream: str
+    event: str
+    received_at: datetime
+    created_at: datetime | None
+    uri: str | None
+    status_id: str | None
+    payload: str
+    version: int = ENVELOPE_VERSION
+    _parsed: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def payload_json(self) -> Any:
+        if self._parsed is None:
+            object.__setattr__(self, "_parsed", json.loads(self.payload))
+        return self._parsed
+
+    def kafka_key(self) -> bytes:
+        """Everything about one status shares a key, hence a partition, hence an order."""
+        if self.uri:
+            return self.uri.encode()
+        return f"{self.instance}/{self.status_id or ''}".encode()
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "v": self.version,
+                "kind": self.kind.value,
+                "instance": self.instance,
+                "stream": self.stream,
+                "event": self.event,
+                "received_at": format_time(self.received_at),
+                "created_at": format_time(self.created_at) if self.created_at else None,
+                "uri": self.uri,
+                "status_id": self.status_id,
+                "payload": self.payload,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    def to_bytes(self) -> bytes:
+        return self.to_json().encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> Envelope:
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc.get("payload"), str):
+                raise TypeError("payload must be the server's text")
+            return cls(
+                kind=EventKind(doc["kind"]),
+                instance=doc["instance"],
+                stream=doc["stream"],
+                event=doc["event"],
+                received_at=parse_time(doc["received_at"]),
+                created_at=parse_time(doc["created_at"]) if doc.get("created_at") else None,
+                uri=doc.get("uri"),
+                status_id=doc.get("status_id"),
+                payload=doc["payload"],
+                version=int(doc["v"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EnvelopeError(f"not a fedilake envelope: {exc!r}") from exc
+
+    def event_time(self) -> datetime:
+        """The time metrics bucket by: when the status was created, else when we got it."""
+        return self.created_at or self.received_at
+
+
+def format_time(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime in an envelope; fedilake times are UTC-aware")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def dead_letter_record(reason: str, original: bytes, source: str) -> bytes:
+    """The dead-letter message: why it was rejected, where from, and the original bytes.
+
+    `original_base64` holds the bytes exactly; `original` is their text for people to read
+    (undecodable bytes replaced).
+    """
+    return json.dumps(
+        {
+            "reason": reason,
+            "source": source,
+            "rejected_at": format_time(datetime.now(UTC)),
+            "original": original.decode("utf-8", errors="replace"),
+            "original_base64": base64.b64encode(original).decode("ascii"),
+        },
+        ensure_ascii=False,
+    ).encode()
+
+
+# --------------------------------------------------------------------------- time buckets
+
+
+class Granularity(StrEnum):
+    HOUR = "h"
+    DAY = "d"
+    ALL = "a"
+
+
+def bucket_of(moment: datetime, granularity: Granularity) -> str:
+    """Fixed-width, sortable bucket label: `2026112311` for an hour, `20261123` for a day."""
+    moment = moment.astimezone(UTC)
+    if granularity is Granularity.HOUR:
+        return moment.strftime("%Y%m%d%H")
+    if granularity is Granularity.DAY:
+        return moment.strftime("%Y%m%d")
+    return "all"
+
+
+def parse_hour(text: str) -> datetime:
+    """`YYYY-MM-DDTHH` (the CLI's spelling of an hour) as an aware UTC datetime."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise ValueError(f"hour must look like 2026-11-23T14, got {text!r}") from exc
+
+
+# --------------------------------------------------------------------------- HBase
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    families: dict[str, dict[str, Any]]
+
+
+class Tables:
+    """HBase tables, created idempotently by `fedilake hbase init`."""
+
+    # One row per (metric, bucket, dimension). Family `l` holds the live value as one
+    # column per source Kafka partition (each worker writes only its own partitions'
+    # columns, as absolute values); family `b` holds the batch value.
+    METRICS = TableSpec(
+        "fedilake_metrics",
+        {
+            family: {"max_versions": 1, "compression": "GZ", "bloom_filter_type": "ROW"}
+            for family in ("l", "b")
+        },
+    )
+
+    @classmethod
+    def all(cls) -> tuple[TableSpec, ...]:
+        return (cls.METRICS,)
+
+
+class Column:
+    LIVE_PREFIX = b"l:"
+    BATCH = b"b:n"
+
+
+ROW_SEPARATOR = "\x00"
+
+
+class Metric(StrEnum):
+    HASHTAG = "hashtag"
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """Row key in the OpenTSDB style: metric, time bucket, dimension.
+
+    Every hashtag of one hour shares the prefix `hashtag\\0h2026112311\\0`, so it is
+    one prefix scan.
+    """
+
+    metric: Metric
+    granularity: Granularity
+    bucket: str
+    dimension: str
+
+    def key(self) -> bytes:
+        return self.prefix(self.metric, self.granularity, self.bucket) + self.dimension.encode()
+
+    @staticmethod
+    def prefix(metric: Metric, granularity: Granularity, bucket: str) -> bytes:
+        return f"{metric.value}{ROW_SEPARATOR}{granularity.value}{bucket}{ROW_SEPARATOR}".encode()
+
+    @classmethod
+    def from_key(cls, key: bytes) -> MetricRow:
+        metric, bucket, dimension = key.decode().split(ROW_SEPARATOR, 2)
+        return cls(Metric(metric), Granularity(bucket[0]), bucket[1:], dimension)
+
+
+def encode_count(value: int) -> bytes:
+    """Counts are stored as 8-byte big-endian longs, the format of HBase's own counters."""
+    return struct.pack(">q", value)
+
+
+def decode_count(raw: bytes) -> int:
+    return int(struct.unpack(">q", raw)[0])
+
+
+# --------------------------------------------------------------------------- HDFS lake
+
+LAKE_ROOT = "/fedilake"
+_PART_FILE = re.compile(
+    r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d+)\+(?P<last>\d+)\.json\.gz$"
+)
+
+
+def raw_hour_dir(topic: str, hour: datetime, root: str = LAKE_ROOT) -> str:
+    """`/fedilake/raw/<topic>/dt=YYYY-MM-DD/hr=HH`: event-time partitions of the lake."""
+    hour = hour.astimezone(UTC)
+    return f"{root}/raw/{topic}/dt={hour:%Y-%m-%d}/hr={hour:%H}"
+
+
+def raw_day_glob(topic: str, day: date, root: str = LAKE_ROOT) -> str:
+    return f"{root}/raw/{topic}/dt={day:%Y-%m-%d}/hr=*/*.json.gz"
+
+
+def part_file_name(topic: str, partition: int, first_offset: int, last_offset: int) -> str:
+    """A file named by what it holds, so a rewrite gets the same name and a restart knows
+    where it stopped (the kafka-connect-hdfs convention)."""
+    return f"{topic}+{partition}+{first_offset:020d}+{last_offset:020d}.json.gz"
+
+
+@dataclass(frozen=True)
+class PartFile:
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+
+    @classmethod
+    def parse(cls, name: str) -> PartFile | None:
+        match = _PART_FILE.match(name)
+        if match is None:
+            return None
+        return cls(match["topic"], int(match["partition"]), int(match["first"]), int(match["last"]))
+
+
+def batch_output_dir(metric: Metric, day: date, root: str = LAKE_ROOT) -> str:
+    return f"{root}/batch/{metric.value}/dt={day:%Y-%m-%d}"

@@ -1,0 +1,113 @@
+"""`fedilake run`: the stack plus every daemon (simulator, streamer, processor, sink) in the background."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from fedilake.settings import REPO_ROOT, StackSettings, StreamerSettings
+from fedilake.stack.control import LocalStack, alive, running_pid, stop_process, tail
+from fedilake.stack.errors import ServiceStartError
+from fedilake.stack.services import StackPaths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Daemon:
+    name: str
+    args: tuple[str, ...]
+
+    def marker(self) -> str:
+        return "fedilake.cli " + " ".join(self.args) + " "
+
+
+SIMULATOR = Daemon("simulator", ("simulate",))
+STREAMER = Daemon("streamer", ("stream",))
+PROCESSOR = Daemon("processor", ("process",))
+SINK = Daemon("sink", ("sink", "hdfs"))
+DAEMONS = (PROCESSOR, SINK, SIMULATOR, STREAMER)
+
+
+def uses_simulator(env: Mapping[str, str]) -> bool:
+    """The simulator runs unless a real instance is configured."""
+    return "FEDILAKE_STREAMER_INSTANCE_URL" not in env
+
+
+def start_daemon(paths: StackPaths, daemon: Daemon, env: Mapping[str, str] | None = None) -> int:
+    """Start `python -m fedilake.cli ARGS` detached, with a pid file and a log; idempotent."""
+    pid = running_pid(paths, daemon.name, daemon.marker())
+    if pid is not None:
+        return pid
+    log_path = paths.log(daemon.name)
+    for directory in (log_path.parent, paths.pid(daemon.name).parent):
+        directory.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fedilake.cli", *daemon.args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=REPO_ROOT,
+            env=dict(env or os.environ),
+        )
+    paths.pid(daemon.name).write_text(f"{process.pid}\n")
+    time.sleep(1.0)
+    if not alive(process.pid):
+        paths.pid(daemon.name).unlink(missing_ok=True)
+        raise ServiceStartError(f"{daemon.name} exited at start", tail(log_path))
+    log.info("started %s (pid %d), log %s", daemon.name, process.pid, log_path)
+    return process.pid
+
+
+def stop_daemon(paths: StackPaths, daemon: Daemon, timeout_s: float = 30.0) -> bool:
+    pid = running_pid(paths, daemon.name, daemon.marker())
+    if pid is None:
+        return False
+    stop_process(paths, daemon.name, pid, timeout_s)
+    return True
+
+
+def run_pipeline(stop: bool = False) -> int:
+    from fedilake.cli import cmd_init, out
+
+    settings = StackSettings()
+    paths = StackPaths(settings.state_dir)
+    stack = LocalStack(settings)
+    if stop:
+        for daemon in reversed(DAEMONS):
+            if stop_daemon(paths, daemon):
+                out(f"stopped {daemon.name}")
+        stack.down()
+        out("stack stopped")
+        return 0
+    out("starting the local stack (the first run downloads jars from Maven Central)...")
+    for status in stack.up():
+        out(f"  {status.name:9} healthy (pid {status.pid})")
+    cmd_init(None)  # type: ignore[arg-type]
+    daemons = [d for d in DAEMONS if d is not SIMULATOR or uses_simulator(os.environ)]
+    for daemon in daemons:
+        pid = start_daemon(paths, daemon)
+        out(f"  {daemon.name:9} running (pid {pid}), log {paths.log(daemon.name)}")
+    source = (
+        "the local simulator (set FEDILAKE_STREAMER_INSTANCE_URL and a token for a real instance)"
+        if uses_simulator(os.environ)
+        else StreamerSettings().instance_url
+    )
+    hour = datetime.now(UTC).strftime("%Y-%m-%dT%H")
+    out("")
+    out(f"fedilake is running, reading {source}.")
+    out("Look at:")
+    out(f"  fedilake query top-hashtags --hour {hour}   live hashtag counts of this hour")
+    out("  fedilake stack status                          the five services and their health")
+    out(f"  tail -f {paths.log('streamer')}")
+    out(f"  fedilake batch hashtags --day {hour[:10]}       recount the day from the HDFS lake")
+    out("  fedilake run --stop                            stop everything this started")
+    return 0

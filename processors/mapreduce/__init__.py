@@ -1,0 +1,1 @@
+"""Hadoop Streaming mappers and reducers: small stdin/stdout programs over the lake's JSON lines."""

@@ -1,0 +1,1 @@
+"""The Mastodon listener daemon and the local Mastodon-compatible simulator."""

@@ -1,0 +1,205 @@
+"""The walking skeleton end to end: simulator -> streamer -> Kafka -> Faust -> HBase, Kafka -> HDFS lake,
+and the Airflow DAG running the Hadoop Streaming recount; live, batch and ground truth must agree."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from hdfs import InsecureClient
+
+from fedilake.airflow_env import ensure_airflow_venv, run_dag_test
+from fedilake.contracts import Granularity, Metric, Topics, raw_day_glob
+from fedilake.settings import HBaseSettings, HdfsSettings
+from fedilake.stack.control import LocalStack
+from sinks.hbase import MetricStore, connect
+
+pytestmark = pytest.mark.e2e
+
+EVENTS = 3000
+RATE = 600.0
+HOURS = 6
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+def live_and_batch(day: date) -> tuple[dict[str, Counter[str]], dict[str, Counter[str]]]:
+    connection = connect(HBaseSettings())
+    try:
+        store = MetricStore(connection)
+        live: dict[str, Counter[str]] = {}
+        batch: dict[str, Counter[str]] = {}
+        for hour in range(24):
+            bucket = f"{day:%Y%m%d}{hour:02d}"
+            for value in store.scan_bucket(Metric.HASHTAG, Granularity.HOUR, bucket):
+                if value.live is not None:
+                    live.setdefault(bucket, Counter())[value.row.dimension] = value.live
+                if value.batch is not None:
+                    batch.setdefault(bucket, Counter())[value.row.dimension] = value.batch
+        return live, batch
+    finally:
+        connection.close()
+
+
+def lake_events(day: date) -> int:
+    client = InsecureClient(HdfsSettings().webhdfs_url, user=HdfsSettings().user)
+    day_dir = raw_day_glob(Topics.EVENTS.name, day).split("/hr=*")[0]
+    if client.status(day_dir, strict=False) is None:
+        return 0
+    count = 0
+    for hour in client.list(day_dir):
+        for name in client.list(f"{day_dir}/{hour}"):
+            if name.endswith(".json.gz") and not name.startswith("."):
+                with client.read(f"{day_dir}/{hour}/{name}") as reader:
+                    count += len(gzip.decompress(reader.read()).splitlines())
+    return count
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    import subprocess
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *args: str, env: dict[str, str] | None = None) -> Any:
+        log = (tmp_path / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fedilake.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.terminate()
+    for process in started:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    for log in sorted(tmp_path.glob("*.log")):
+        sys.stderr.write(
+            f"--- {log.name} (tail)\n" + "\n".join(log.read_text().splitlines()[-15:]) + "\n"
+        )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_live_batch_and_ground_truth_agree(
+    stack: LocalStack, daemons: Callable[..., Any], tmp_path: Path
+) -> None:
+    # A past day no other run has used, so every row of it comes from this test; on or
+    # after the DAG's start date, or Airflow schedules no task for it.
+    day = date(2026, 1, 1) + timedelta(days=int(time.time() / 60) % 300)
+    run_id = f"e2e{int(time.time())}"
+    port = free_port()
+    airflow_python = ensure_airflow_venv()
+    assert airflow_python.exists()
+
+    daemons(
+        "processor",
+        "process",
+        env={
+            "FEDILAKE_PROCESSOR_APP_ID": f"fedilake-counters-{run_id}",
+            "FEDILAKE_PROCESSOR_DATA_DIR": str(tmp_path / "faust"),
+        },
+    )
+    daemons("sink", "sink", "hdfs", env={"FEDILAKE_SINK_FLUSH_INTERVAL_S": "2"})
+    daemons(
+        "simulator",
+        "simulate",
+        "--port",
+        str(port),
+        "--events",
+        str(EVENTS),
+        "--rate",
+        str(RATE),
+        "--seed",
+        str(day.toordinal()),
+        "--start",
+        f"{day:%Y-%m-%d}T00:00:00Z",
+        "--spread",
+        str(HOURS * 3600),
+    )
+    simulator = f"http://127.0.0.1:{port}"
+    wait_for("the simulator", lambda: _get(f"{simulator}/api/v1/streaming/health"), 30, 0.5)
+    daemons(
+        "streamer",
+        "stream",
+        env={
+            "FEDILAKE_STREAMER_INSTANCE_URL": simulator,
+            "FEDILAKE_STREAMER_ACCESS_TOKEN": "fedilake-simulator-token",
+        },
+    )
+
+    truth_doc = wait_for(
+        "the simulator to send every event",
+        lambda: (doc := _get(f"{simulator}/api/v1/_fedilake/ground-truth")) and doc["done"] and doc,
+        120,
+    )
+    assert truth_doc["sent"] == EVENTS
+    truth = {bucket: Counter(tags) for bucket, tags in truth_doc["hashtags_by_hour"].items()}
+    assert len(truth) == HOURS and sum(sum(c.values()) for c in truth.values()) > EVENTS
+
+    wait_for(
+        "live counters to equal the ground truth", lambda: live_and_batch(day)[0] == truth, 180, 2
+    )
+    wait_for("the lake to hold every event", lambda: lake_events(day) == EVENTS, 120, 2)
+
+    result = run_dag_test(
+        "fedilake_nightly",
+        day,
+        env={
+            **os.environ,
+            "FEDILAKE_BIN": str(Path(sys.executable).parent / "fedilake"),
+            "FEDILAKE_DAG_RETRIES": "0",
+        },
+        airflow_home=tmp_path / "airflow",
+    )
+    assert result.succeeded, result.output_tail
+    assert result.task_states == {"recount_hashtags": "success"}
+
+    live, batch = live_and_batch(day)
+    assert live == truth
+    assert batch == truth
+
+
+def _get(url: str) -> Any:
+    try:
+        response = requests.get(url, timeout=5)
+    except requests.RequestException:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        return response.json()
+    except json.JSONDecodeError:
+        return response.text or True

@@ -1,0 +1,134 @@
+"""The HDFS lake sink on real Kafka and WebHDFS: hourly files by event time, exactly once across restarts."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hdfs import InsecureClient
+from kafka import KafkaProducer
+
+from fedilake.contracts import Envelope, EventKind, PartFile, TopicSpec
+from fedilake.kafka_topics import ensure_topics
+from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings
+from fedilake.stack.control import LocalStack
+from sinks.lake import HdfsLakeSink, LakeWriter, PartitionBuffer, build_sink
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
+
+
+def envelope(n: int, run: str) -> Envelope:
+    created = START + timedelta(minutes=7 * n)  # spans several hours
+    uri = f"https://sim.example/users/a/statuses/{run}-{n}"
+    return Envelope(
+        kind=EventKind.STATUS,
+        instance="https://sim.example",
+        stream="public",
+        event="update",
+        received_at=datetime.now(UTC),
+        created_at=created,
+        uri=uri,
+        status_id=str(n),
+        payload=f'{{"id":"{n}","uri":"{uri}","tags":[]}}',
+    )
+
+
+def produce(topic: str, envelopes: list[Envelope]) -> None:
+    producer = KafkaProducer(bootstrap_servers=KafkaSettings().bootstrap_servers, acks="all")
+    for env in envelopes:
+        producer.send(topic, key=env.kafka_key(), value=env.to_bytes())
+    producer.flush()
+    producer.close()
+
+
+def lake_contents(client: InsecureClient, topic: str) -> dict[str, list[str]]:
+    """uri -> the `dt=.../hr=..` partitions it was found in, over every part file of the topic."""
+    found: dict[str, list[str]] = {}
+    for root, _dirs, files in client.walk(f"/fedilake/raw/{topic}"):
+        for name in files:
+            if name.startswith("."):
+                continue
+            assert PartFile.parse(name) is not None, name
+            with client.read(f"{root}/{name}") as reader:
+                for line in gzip.decompress(reader.read()).splitlines():
+                    env = Envelope.from_bytes(line)
+                    partition = "/".join(root.rsplit("/", 2)[-2:])
+                    found.setdefault(env.uri or "", []).append(partition)
+    return found
+
+
+def run_until(sink: HdfsLakeSink, client: InsecureClient, topic: str, count: int) -> None:
+    thread = threading.Thread(target=sink.run, kwargs={"topics": [topic]})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if sink.written >= count and not sink.buffers:
+                break
+            time.sleep(0.5)
+    finally:
+        sink.stop()
+        thread.join(60)
+    assert sink.written >= count, f"sink wrote {sink.written} of {count}"
+
+
+def test_every_event_lands_once_in_its_event_hour_across_restarts(stack: LocalStack) -> None:
+    run = uuid.uuid4().hex[:8]
+    topic = f"lake-test-{run}"
+    ensure_topics(KafkaSettings(), [TopicSpec(topic, partitions=2)])
+    client = InsecureClient(HdfsSettings().webhdfs_url, user="fedilake")
+    settings = HdfsSinkSettings(group_id=f"lake-{run}", flush_events=150, flush_interval_s=1)
+
+    first = [envelope(n, run) for n in range(400)]
+    produce(topic, first)
+    run_until(build_sink(settings, KafkaSettings(), HdfsSettings()), client, topic, 400)
+
+    # A second sink (as after a restart) must not write anything twice.
+    second = [envelope(n, run) for n in range(400, 600)]
+    produce(topic, second)
+    run_until(build_sink(settings, KafkaSettings(), HdfsSettings()), client, topic, 200)
+
+    found = lake_contents(client, topic)
+    everything = first + second
+    assert set(found) == {e.uri for e in everything}
+    assert Counter(len(partitions) for partitions in found.values()) == {1: 600}
+    for env in everything:  # event time, not arrival time, decides the partition
+        assert found[env.uri or ""] == [f"dt={env.event_time():%Y-%m-%d}/hr={env.event_time():%H}"]
+
+
+def test_a_flush_interrupted_before_its_renames_is_finished_on_recovery(stack: LocalStack) -> None:
+    run = uuid.uuid4().hex[:8]
+    topic = f"lake-crash-{run}"
+    client = InsecureClient(HdfsSettings().webhdfs_url, user="fedilake")
+    writer = LakeWriter(client, "/fedilake")
+    buffer = PartitionBuffer()
+    for offset in range(10):
+        env = envelope(offset, run)
+        buffer.add(
+            offset, env.event_time().replace(minute=0, second=0, microsecond=0), env.to_bytes()
+        )
+
+    class CrashBeforeRename(LakeWriter):
+        def _apply(self, moves: object) -> None:
+            raise RuntimeError("killed between the manifest and the renames")
+
+    with pytest.raises(RuntimeError):
+        CrashBeforeRename(client, "/fedilake").write(topic, 0, buffer)
+    assert all(
+        not n.endswith(".json.gz")
+        for _r, _d, files in client.walk(f"/fedilake/raw/{topic}")
+        for n in files
+    )
+
+    assert writer.recover(topic, 0) == 10
+    names = [n for _r, _d, files in client.walk(f"/fedilake/raw/{topic}") for n in files]
+    assert names and all(n == f"{topic}+0+{0:020d}+{9:020d}.json.gz" for n in names)
+    assert sum(1 for _ in lake_contents(client, topic)) == 10
+    assert writer.recover(topic, 1) is None
