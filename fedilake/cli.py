@@ -37,7 +37,7 @@ def configure_logging(verbose: bool) -> None:
     )
     if not verbose:
         for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR if name == "kafka" else logging.WARNING)
 
 
 def out(text: str = "") -> None:
@@ -46,10 +46,18 @@ def out(text: str = "") -> None:
     sys.stdout.flush()
 
 
-def on_sigterm(stop: Callable[[], None]) -> None:
+class Interrupted(BaseException):
+    """Raised out of a blocking read by SIGTERM/SIGINT, so a daemon stops promptly."""
+
+
+def on_sigterm(stop: Callable[[], None], interrupt: bool = False) -> None:
+    """Stop cleanly on SIGTERM/SIGINT; with `interrupt`, also break out of a blocking read."""
+
     def handler(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
         stop()
+        if interrupt:
+            raise Interrupted
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -143,8 +151,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
         settings = StreamerSettings(access_token=SimulatorSettings().token)
     publisher = EventPublisher(make_producer(KafkaSettings()))
     listener = StreamListener(settings, publisher)
-    on_sigterm(listener.stop)
-    run_streamer(listener, publisher)
+    # A silent stream blocks in recv(); the signal interrupts it, run_streamer still flushes.
+    on_sigterm(listener.stop, interrupt=True)
+    try:
+        run_streamer(listener, publisher)
+    except Interrupted:
+        pass
     return 0
 
 
@@ -221,6 +233,24 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"day must look like 2026-11-23, got {text!r}") from exc
 
 
+def _unreachable_service(exc: BaseException) -> str | None:
+    """A person-sized name for a connection failure to one of the services, else None."""
+    from kafka.errors import KafkaConnectionError, NoBrokersAvailable
+    from requests import ConnectionError as HttpConnectionError
+    from thriftpy2.transport import TTransportException
+
+    if isinstance(exc, NoBrokersAvailable | KafkaConnectionError):
+        return f"cannot reach Kafka at {KafkaSettings().bootstrap_servers}"
+    if isinstance(exc, TTransportException):
+        hbase = HBaseSettings()
+        return f"cannot reach the HBase Thrift server at {hbase.host}:{hbase.port}"
+    if isinstance(exc, HttpConnectionError):
+        return "cannot reach an HTTP service (WebHDFS or the Mastodon instance)"
+    if isinstance(exc, ConnectionError):
+        return str(exc)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedilake",
@@ -287,6 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ValueError as exc:
         log.error("%s", exc)
+        return 2
+    except Exception as exc:
+        unreachable = _unreachable_service(exc)
+        if unreachable is None:
+            raise
+        log.error("%s (%s). Is the stack up? Try `fedilake stack status`.", unreachable, exc)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -110,6 +110,10 @@ class StreamListener:
             backoff = min(backoff * 2, self.settings.reconnect_max_s)
 
     def stop(self) -> None:
+        """Ask the listener to stop; it notices at the next line or heartbeat.
+
+        The CLI also interrupts a read blocked on a silent stream (see `fedilake stream`).
+        """
         self.stop_requested.set()
 
     def _where(self) -> str:
