@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -153,10 +154,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     listener = StreamListener(settings, publisher)
     # A silent stream blocks in recv(); the signal interrupts it, run_streamer still flushes.
     on_sigterm(listener.stop, interrupt=True)
-    try:
+    with contextlib.suppress(Interrupted):
         run_streamer(listener, publisher)
-    except Interrupted:
-        pass
     return 0
 
 
@@ -215,6 +214,12 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def _num(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fedilake.bench import run_skeleton_bench
+
+    return run_skeleton_bench(args.events, out)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -296,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("metric", choices=["hashtags"])
     p.add_argument("--day", type=_day, required=True, help="UTC day, e.g. 2026-11-23")
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("bench", help="measure events/s through the pipeline on the local stack")
+    p.add_argument("target", choices=["skeleton"])
+    p.add_argument("--events", type=int, default=20000)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("query", help="read the metrics from HBase")
     p.add_argument("report", choices=["top-hashtags"])

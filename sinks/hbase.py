@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import date
 
 import happybase
 
@@ -81,6 +83,21 @@ class MetricStore:
         prefix = MetricRow.prefix(metric, granularity, bucket)
         for key, cells in self.table.scan(row_prefix=prefix):
             yield _value(key, cells)
+
+    def day_of_hours(
+        self, metric: Metric, day: date
+    ) -> tuple[dict[str, Counter[str]], dict[str, Counter[str]]]:
+        """Live and batch values of every hour of `day`: {hour bucket: {dimension: value}}."""
+        live: dict[str, Counter[str]] = {}
+        batch: dict[str, Counter[str]] = {}
+        for hour in range(24):
+            bucket = f"{day:%Y%m%d}{hour:02d}"
+            for value in self.scan_bucket(metric, Granularity.HOUR, bucket):
+                if value.live is not None:
+                    live.setdefault(bucket, Counter())[value.row.dimension] = value.live
+                if value.batch is not None:
+                    batch.setdefault(bucket, Counter())[value.row.dimension] = value.batch
+        return live, batch
 
     def top(
         self, metric: Metric, granularity: Granularity, bucket: str, limit: int

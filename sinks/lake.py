@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from hdfs import HdfsError, InsecureClient
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -28,9 +28,11 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from fedilake.contracts import (
     Envelope,
     EnvelopeError,
+    PartFile,
     Topics,
     dead_letter_record,
     part_file_name,
+    raw_day_glob,
     raw_hour_dir,
 )
 from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings
@@ -90,6 +92,19 @@ class LakeWriter:
         )
         self._apply(moves)
         self._prune_manifests(topic, partition, keep=buffer.last)
+
+    def count_events(self, topic: str, day: date) -> int:
+        """Events in the visible part files of one day (reads them: for checks, not hot paths)."""
+        day_dir = raw_day_glob(topic, day, self.root).split("/hr=*")[0]
+        if self.client.status(day_dir, strict=False) is None:
+            return 0
+        count = 0
+        for hour in self.client.list(day_dir):
+            for name in self.client.list(f"{day_dir}/{hour}"):
+                if PartFile.parse(name) is not None:
+                    with self.client.read(f"{day_dir}/{hour}/{name}") as reader:
+                        count += len(gzip.decompress(reader.read()).splitlines())
+        return count
 
     def recover(self, topic: str, partition: int) -> int | None:
         """Finish the latest flush if a crash interrupted it; return the next offset to read."""

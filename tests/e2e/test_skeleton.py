@@ -3,7 +3,6 @@ and the Airflow DAG running the Hadoop Streaming recount; live, batch and ground
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import sys
@@ -19,10 +18,11 @@ import requests
 from hdfs import InsecureClient
 
 from fedilake.airflow_env import ensure_airflow_venv, run_dag_test
-from fedilake.contracts import Granularity, Metric, Topics, raw_day_glob
+from fedilake.contracts import Metric, Topics
 from fedilake.settings import HBaseSettings, HdfsSettings
 from fedilake.stack.control import LocalStack
 from sinks.hbase import MetricStore, connect
+from sinks.lake import LakeWriter
 
 pytestmark = pytest.mark.e2e
 
@@ -45,33 +45,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: flo
 def live_and_batch(day: date) -> tuple[dict[str, Counter[str]], dict[str, Counter[str]]]:
     connection = connect(HBaseSettings())
     try:
-        store = MetricStore(connection)
-        live: dict[str, Counter[str]] = {}
-        batch: dict[str, Counter[str]] = {}
-        for hour in range(24):
-            bucket = f"{day:%Y%m%d}{hour:02d}"
-            for value in store.scan_bucket(Metric.HASHTAG, Granularity.HOUR, bucket):
-                if value.live is not None:
-                    live.setdefault(bucket, Counter())[value.row.dimension] = value.live
-                if value.batch is not None:
-                    batch.setdefault(bucket, Counter())[value.row.dimension] = value.batch
-        return live, batch
+        return MetricStore(connection).day_of_hours(Metric.HASHTAG, day)
     finally:
         connection.close()
 
 
 def lake_events(day: date) -> int:
     client = InsecureClient(HdfsSettings().webhdfs_url, user=HdfsSettings().user)
-    day_dir = raw_day_glob(Topics.EVENTS.name, day).split("/hr=*")[0]
-    if client.status(day_dir, strict=False) is None:
-        return 0
-    count = 0
-    for hour in client.list(day_dir):
-        for name in client.list(f"{day_dir}/{hour}"):
-            if name.endswith(".json.gz") and not name.startswith("."):
-                with client.read(f"{day_dir}/{hour}/{name}") as reader:
-                    count += len(gzip.decompress(reader.read()).splitlines())
-    return count
+    return LakeWriter(client, HdfsSettings().lake_root).count_events(Topics.EVENTS.name, day)
 
 
 @pytest.fixture

@@ -1,0 +1,224 @@
+"""`fedilake bench skeleton`: events/s through every stage, beside a bare producer measured in the same run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import requests
+from hdfs import InsecureClient
+from kafka import KafkaProducer
+
+from fedilake.contracts import Metric, Topics, TopicSpec
+from fedilake.kafka_topics import end_offsets, ensure_topics
+from fedilake.settings import (
+    HBaseSettings,
+    HdfsSettings,
+    KafkaSettings,
+    SimulatorSettings,
+    StackSettings,
+)
+from fedilake.stack.control import LocalStack
+from sinks.hbase import MetricStore, connect, init_tables
+from sinks.lake import LakeWriter
+from streamer.envelopes import wrap_event
+from streamer.generator import StatusGenerator
+
+log = logging.getLogger(__name__)
+
+BASELINE_TOPIC = TopicSpec("fedilake.bench-baseline", partitions=Topics.EVENTS.partitions)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    seconds: float
+    events: int
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def bench_day() -> date:
+    """A past day no earlier run wrote, so every counter of it comes from this run."""
+    return date(2025, 1, 1) + timedelta(days=int(time.time() / 60) % 300)
+
+
+def baseline_bytes(events: int, day: date, seed: int) -> list[bytes]:
+    """The envelopes the streamer will publish for the same simulated statuses."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    generator = StatusGenerator(seed, start=start, spread_num=86000, spread_den=events)
+    return [
+        wrap_event(
+            "update",
+            json.dumps(generator.next_status()).encode(),
+            instance="http://127.0.0.1",
+            stream="public",
+            received_at=datetime.now(UTC),
+        ).to_bytes()
+        for _ in range(events)
+    ]
+
+
+def bare_producer_rate(kafka: KafkaSettings, payloads: list[bytes]) -> StageResult:
+    """kafka-python with the streamer's producer settings, sending the same bytes, nothing else."""
+    from streamer.publisher import make_producer
+
+    ensure_topics(kafka, [BASELINE_TOPIC])
+    producer: KafkaProducer = make_producer(kafka)
+    started = time.perf_counter()
+    for n, payload in enumerate(payloads):
+        producer.send(BASELINE_TOPIC.name, key=str(n).encode(), value=payload)
+    producer.flush()
+    seconds = time.perf_counter() - started
+    producer.close()
+    return StageResult("bare kafka-python producer", seconds, len(payloads))
+
+
+@contextmanager
+def daemons(workdir: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with (workdir / f"{name}.log").open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fedilake.cli", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout_s: float, every_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return time.monotonic()
+        time.sleep(every_s)
+    raise TimeoutError(f"benchmark gave up waiting for {what} after {timeout_s:.0f}s")
+
+
+def run_skeleton_bench(events: int, out: Callable[[str], None]) -> int:
+    stack = LocalStack(StackSettings())
+    stack.up()
+    kafka, hbase, hdfs = KafkaSettings(), HBaseSettings(), HdfsSettings()
+    ensure_topics(kafka)
+    connection = connect(hbase)
+    init_tables(connection)
+    store = MetricStore(connection)
+    lake = LakeWriter(InsecureClient(hdfs.webhdfs_url, user=hdfs.user), hdfs.lake_root)
+    day = bench_day()
+    seed = day.toordinal()
+    out(f"benchmark: {events} events, event day {day}, seed {seed}")
+
+    baseline = bare_producer_rate(kafka, baseline_bytes(events, day, seed))
+    out(f"  baseline  {baseline.name}: {baseline.rate:,.0f} events/s")
+
+    port = 18700 + os.getpid() % 100
+    simulator = f"http://127.0.0.1:{port}"
+    before = sum(end_offsets(kafka, Topics.EVENTS.name).values())
+    with tempfile.TemporaryDirectory(prefix="fedilake-bench-") as tmp, daemons(Path(tmp)) as start:
+        run_id = f"bench{int(time.time())}"
+        processor = start("processor", "process", env={
+            "FEDILAKE_PROCESSOR_APP_ID": f"fedilake-counters-{run_id}",
+            "FEDILAKE_PROCESSOR_DATA_DIR": str(Path(tmp) / "faust"),
+        })  # fmt: skip
+        sink = start("sink", "sink", "hdfs")
+        # Let both consumers join their groups and catch up before the clock starts.
+        time.sleep(15)
+        sim = start("simulator", "simulate", "--port", str(port), "--events", str(events),
+                    "--rate", "0", "--seed", str(seed), "--start", f"{day:%Y-%m-%d}T00:00:00Z",
+                    "--spread", "86000")  # fmt: skip
+        wait_until(
+            "the simulator",
+            lambda: _get(f"{simulator}/api/v1/streaming/health") is not None,
+            30,
+            0.2,
+        )
+        streamer = start("streamer", "stream", env={
+            "FEDILAKE_STREAMER_INSTANCE_URL": simulator,
+            "FEDILAKE_STREAMER_ACCESS_TOKEN": SimulatorSettings().token.get_secret_value(),
+        })  # fmt: skip
+        published = lambda: sum(end_offsets(kafka, Topics.EVENTS.name).values()) - before  # noqa: E731
+        t_first = wait_until("the first event in Kafka", lambda: published() > 0, 60, 0.05)
+        t_kafka = wait_until("every event in Kafka", lambda: published() >= events, 600, 0.1)
+        truth_doc = _get(f"{simulator}/api/v1/_fedilake/ground-truth")
+        truth = {b: Counter(t) for b, t in truth_doc["hashtags_by_hour"].items()}
+        streamer_rss = rss_mb(streamer.pid)
+        t_live = wait_until(
+            "live counters to equal the ground truth",
+            lambda: store.day_of_hours(Metric.HASHTAG, day)[0] == truth, 600, 0.5,
+        )  # fmt: skip
+        t_lake = wait_until(
+            "the lake to hold every event",
+            lambda: lake.count_events(Topics.EVENTS.name, day) >= events, 600, 1.0,
+        )  # fmt: skip
+        rss = {
+            "streamer": streamer_rss,
+            "processor": rss_mb(processor.pid),
+            "sink": rss_mb(sink.pid),
+            "simulator": rss_mb(sim.pid),
+        }
+    connection.close()
+
+    stages = [
+        StageResult("simulator -> streamer -> Kafka (acks=all)", t_kafka - t_first, events),
+        StageResult("... -> Faust -> HBase live counters exact", t_live - t_first, events),
+        StageResult("... -> HDFS lake, every event landed", t_lake - t_first, events),
+    ]
+    for stage in stages:
+        out(f"  {stage.name:44} {stage.rate:>9,.0f} events/s  "
+            f"({stage.rate / baseline.rate:.2f} x bare producer)")  # fmt: skip
+    out("  resident memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    for status in stack.status():
+        if status.pid:
+            out(f"    JVM {status.name:9} {rss_mb(status.pid):6.0f} MB")
+    return 0
+
+
+def _get(url: str) -> Any:
+    try:
+        response = requests.get(url, timeout=5)
+        response.raise_for_status()
+    except requests.RequestException:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
