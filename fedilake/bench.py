@@ -23,6 +23,7 @@ from kafka import KafkaProducer
 
 from fedilake.contracts import Metric, Topics, TopicSpec
 from fedilake.kafka_topics import end_offsets, ensure_topics
+from fedilake.pipeline import initialize
 from fedilake.settings import (
     HBaseSettings,
     HdfsSettings,
@@ -31,7 +32,7 @@ from fedilake.settings import (
     StackSettings,
 )
 from fedilake.stack.control import LocalStack
-from sinks.hbase import MetricStore, connect, init_tables
+from sinks.hbase import MetricStore, connect
 from sinks.lake import LakeWriter
 from streamer.envelopes import wrap_event
 from streamer.generator import StatusGenerator
@@ -138,9 +139,8 @@ def run_skeleton_bench(events: int, out: Callable[[str], None]) -> int:
     stack = LocalStack(StackSettings())
     stack.up()
     kafka, hbase, hdfs = KafkaSettings(), HBaseSettings(), HdfsSettings()
-    ensure_topics(kafka)
+    initialize(kafka, hbase)
     connection = connect(hbase)
-    init_tables(connection)
     store = MetricStore(connection)
     lake = LakeWriter(InsecureClient(hdfs.webhdfs_url, user=hdfs.user), hdfs.lake_root)
     day = bench_day()

@@ -105,16 +105,10 @@ def _ports(ports: Sequence[int]) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from fedilake.kafka_topics import ensure_topics
-    from sinks.hbase import connect, init_tables
+    from fedilake.pipeline import initialize
 
-    created = ensure_topics(KafkaSettings())
-    out("Kafka topics: " + (", ".join(created) + " created" if created else "all present"))
-    connection = connect(HBaseSettings())
-    try:
-        tables = init_tables(connection)
-    finally:
-        connection.close()
+    topics, tables = initialize(KafkaSettings(), HBaseSettings())
+    out("Kafka topics: " + (", ".join(topics) + " created" if topics else "all present"))
     out("HBase tables: " + (", ".join(tables) + " created" if tables else "all present"))
     return 0
 

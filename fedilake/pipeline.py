@@ -10,8 +10,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
-from fedilake.settings import REPO_ROOT, StackSettings, StreamerSettings
+from fedilake.settings import (
+    REPO_ROOT,
+    HBaseSettings,
+    KafkaSettings,
+    StackSettings,
+    StreamerSettings,
+)
 from fedilake.stack.control import LocalStack, alive, running_pid, stop_process, tail
 from fedilake.stack.errors import ServiceStartError
 from fedilake.stack.services import StackPaths
@@ -75,8 +82,30 @@ def stop_daemon(paths: StackPaths, daemon: Daemon, timeout_s: float = 30.0) -> b
     return True
 
 
+def initialize(kafka: KafkaSettings, hbase: HBaseSettings) -> tuple[list[str], list[str]]:
+    """Create the Kafka topics and HBase tables that are missing; return what was created."""
+    from fedilake.kafka_topics import ensure_topics
+    from sinks.hbase import connect, init_tables
+
+    topics = ensure_topics(kafka)
+    connection = connect(hbase)
+    try:
+        return topics, init_tables(connection)
+    finally:
+        connection.close()
+
+
+def command_name() -> str:
+    """How the person should type `fedilake`: the checkout's venv script if that is what runs."""
+    script = Path(sys.executable).parent / "fedilake"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return "fedilake"
+
+
 def run_pipeline(stop: bool = False) -> int:
-    from fedilake.cli import cmd_init, out
+    from fedilake.cli import out
 
     settings = StackSettings()
     paths = StackPaths(settings.state_dir)
@@ -91,7 +120,10 @@ def run_pipeline(stop: bool = False) -> int:
     out("starting the local stack (the first run downloads jars from Maven Central)...")
     for status in stack.up():
         out(f"  {status.name:9} healthy (pid {status.pid})")
-    cmd_init(None)  # type: ignore[arg-type]
+    topics, tables = initialize(KafkaSettings(), HBaseSettings())
+    out(
+        f"  created: {', '.join(topics + tables)}" if topics or tables else "  topics and tables ok"
+    )
     daemons = [d for d in DAEMONS if d is not SIMULATOR or uses_simulator(os.environ)]
     for daemon in daemons:
         pid = start_daemon(paths, daemon)
@@ -102,12 +134,18 @@ def run_pipeline(stop: bool = False) -> int:
         else StreamerSettings().instance_url
     )
     hour = datetime.now(UTC).strftime("%Y-%m-%dT%H")
+    cli = command_name()
+    tips = [
+        (f"{cli} query top-hashtags --hour {hour}", "live hashtag counts of this hour"),
+        (f"{cli} stack status", "the five services and their health"),
+        (f"tail -f {paths.log('streamer')}", "what the streamer is doing"),
+        (f"{cli} batch hashtags --day {hour[:10]}", "recount the day from the HDFS lake"),
+        (f"{cli} run --stop", "stop everything this started"),
+    ]
+    width = max(len(command) for command, _ in tips)
     out("")
     out(f"fedilake is running, reading {source}.")
     out("Look at:")
-    out(f"  fedilake query top-hashtags --hour {hour}   live hashtag counts of this hour")
-    out("  fedilake stack status                          the five services and their health")
-    out(f"  tail -f {paths.log('streamer')}")
-    out(f"  fedilake batch hashtags --day {hour[:10]}       recount the day from the HDFS lake")
-    out("  fedilake run --stop                            stop everything this started")
+    for command, what in tips:
+        out(f"  {command:{width}}   {what}")
     return 0

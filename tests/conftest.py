@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from fedilake.pipeline import initialize
 from fedilake.settings import HBaseSettings, KafkaSettings, StackSettings
 from fedilake.stack.control import LocalStack, running_pid
 
@@ -19,19 +20,13 @@ def stack() -> Iterator[LocalStack]:
     local = LocalStack(StackSettings())
     already = {s.name for s in local.services if running_pid(local.paths, s.name) is not None}
     local.up()
-    from fedilake.kafka_topics import ensure_topics
-    from sinks.hbase import connect, init_tables
-
-    ensure_topics(KafkaSettings())
-    connection = connect(HBaseSettings())
-    try:
-        init_tables(connection)
-    finally:
-        connection.close()
+    initialize(KafkaSettings(), HBaseSettings())
     yield local
     started = [s.name for s in local.services if s.name not in already]
     if started:
         local.down(started)
+        left = [s.name for s in local.services if running_pid(local.paths, s.name) is not None]
+        assert not left, f"stack down left processes running: {left}"
 
 
 _skipped: list[str] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -136,6 +137,10 @@ def kafka_health(bootstrap: str) -> str:
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
+    # While Kafka starts, every probe is refused; kafka-python would log each at ERROR.
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
     try:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=5000)
         try:
@@ -144,6 +149,8 @@ def kafka_health(bootstrap: str) -> str:
             consumer.close()
     except KafkaError as exc:
         raise Unhealthy(f"Kafka metadata request failed: {exc}") from exc
+    finally:
+        kafka_log.setLevel(level)
     return f"metadata ok, {len(topics)} topics"
 
 
