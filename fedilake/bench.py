@@ -68,10 +68,10 @@ def bench_day() -> date:
     return date(2025, 1, 1) + timedelta(days=int(time.time() / 60) % 300)
 
 
-def baseline_bytes(events: int, day: date, seed: int) -> list[bytes]:
+def baseline_bytes(events: int, day: date, seed: int, spread_s: float = 86000) -> list[bytes]:
     """The envelopes the streamer will publish for the same simulated statuses."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    generator = StatusGenerator(seed, start=start, spread_num=86000, spread_den=events)
+    generator = StatusGenerator(seed, start=start, spread_num=spread_s, spread_den=events)
     return [
         wrap_event(
             "update",
@@ -155,26 +155,47 @@ def run_skeleton_bench(events: int, out: Callable[[str], None]) -> int:
     before = sum(end_offsets(kafka, Topics.EVENTS.name).values())
     with tempfile.TemporaryDirectory(prefix="fedilake-bench-") as tmp, daemons(Path(tmp)) as start:
         run_id = f"bench{int(time.time())}"
-        processor = start("processor", "process", env={
-            "FEDILAKE_PROCESSOR_APP_ID": f"fedilake-counters-{run_id}",
-            "FEDILAKE_PROCESSOR_DATA_DIR": str(Path(tmp) / "faust"),
-        })  # fmt: skip
+        processor = start(
+            "processor",
+            "process",
+            env={
+                "FEDILAKE_PROCESSOR_APP_ID": f"fedilake-counters-{run_id}",
+                "FEDILAKE_PROCESSOR_DATA_DIR": str(Path(tmp) / "faust"),
+            },
+        )
         sink = start("sink", "sink", "hdfs")
         # Let both consumers join their groups and catch up before the clock starts.
         time.sleep(15)
-        sim = start("simulator", "simulate", "--port", str(port), "--events", str(events),
-                    "--rate", "0", "--seed", str(seed), "--start", f"{day:%Y-%m-%d}T00:00:00Z",
-                    "--spread", "86000")  # fmt: skip
+        sim = start(
+            "simulator",
+            "simulate",
+            "--port",
+            str(port),
+            "--events",
+            str(events),
+            "--rate",
+            "0",
+            "--seed",
+            str(seed),
+            "--start",
+            f"{day:%Y-%m-%d}T00:00:00Z",
+            "--spread",
+            "86000",
+        )
         wait_until(
             "the simulator",
             lambda: _get(f"{simulator}/api/v1/streaming/health") is not None,
             30,
             0.2,
         )
-        streamer = start("streamer", "stream", env={
-            "FEDILAKE_STREAMER_INSTANCE_URL": simulator,
-            "FEDILAKE_STREAMER_ACCESS_TOKEN": SimulatorSettings().token.get_secret_value(),
-        })  # fmt: skip
+        streamer = start(
+            "streamer",
+            "stream",
+            env={
+                "FEDILAKE_STREAMER_INSTANCE_URL": simulator,
+                "FEDILAKE_STREAMER_ACCESS_TOKEN": SimulatorSettings().token.get_secret_value(),
+            },
+        )
         published = lambda: sum(end_offsets(kafka, Topics.EVENTS.name).values()) - before  # noqa: E731
         t_first = wait_until("the first event in Kafka", lambda: published() > 0, 60, 0.05)
         t_kafka = wait_until("every event in Kafka", lambda: published() >= events, 600, 0.1)
@@ -183,12 +204,16 @@ def run_skeleton_bench(events: int, out: Callable[[str], None]) -> int:
         streamer_rss = rss_mb(streamer.pid)
         t_live = wait_until(
             "live counters to equal the ground truth",
-            lambda: store.day_of_hours(Metric.HASHTAG, day)[0] == truth, 600, 0.5,
-        )  # fmt: skip
+            lambda: store.day_of_hours(Metric.HASHTAG, day)[0] == truth,
+            600,
+            0.5,
+        )
         t_lake = wait_until(
             "the lake to hold every event",
-            lambda: lake.count_events(Topics.EVENTS.name, day) >= events, 600, 1.0,
-        )  # fmt: skip
+            lambda: lake.count_events(Topics.EVENTS.name, day) >= events,
+            600,
+            1.0,
+        )
         rss = {
             "streamer": streamer_rss,
             "processor": rss_mb(processor.pid),
@@ -203,8 +228,10 @@ def run_skeleton_bench(events: int, out: Callable[[str], None]) -> int:
         StageResult("... -> HDFS lake, every event landed", t_lake - t_first, events),
     ]
     for stage in stages:
-        out(f"  {stage.name:44} {stage.rate:>9,.0f} events/s  "
-            f"({stage.rate / baseline.rate:.2f} x bare producer)")  # fmt: skip
+        out(
+            f"  {stage.name:44} {stage.rate:>9,.0f} events/s  "
+            f"({stage.rate / baseline.rate:.2f} x bare producer)"
+        )
     out("  resident memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
     for status in stack.status():
         if status.pid:
@@ -222,3 +249,71 @@ def _get(url: str) -> Any:
         return response.json()
     except ValueError:
         return response.text
+
+
+def run_lake_bench(events: int, out: Callable[[str], None], hours: int = 1) -> int:
+    """MB/s into the lake through the sink beside raw WebHDFS writes of the same bytes."""
+    import threading
+    import uuid
+
+    from fedilake.settings import HdfsSinkSettings
+    from sinks.compactor import build_compactor
+    from sinks.lake import build_sink
+
+    LocalStack(StackSettings()).up()
+    kafka, hdfs = KafkaSettings(), HdfsSettings()
+    day = bench_day()
+    payloads = baseline_bytes(events, day, day.toordinal(), spread_s=hours * 3600 - 1)
+    megabytes = sum(len(p) + 1 for p in payloads) / 1e6
+    flush_events = 20000
+    out(
+        f"benchmark: {events} events, {megabytes:.1f} MB of envelopes over {hours} event "
+        f"hour(s) of {day}"
+    )
+
+    run = uuid.uuid4().hex[:8]
+    client = InsecureClient(hdfs.webhdfs_url, user=hdfs.user)
+    started = time.perf_counter()
+    for n in range(0, events, flush_events):
+        chunk = b"".join(p + b"\n" for p in payloads[n : n + flush_events])
+        client.write(f"{hdfs.lake_root}/_bench/{run}/raw-{n:09d}.json", data=chunk, overwrite=True)
+    raw = time.perf_counter() - started
+    client.delete(f"{hdfs.lake_root}/_bench/{run}", recursive=True)
+    out(f"  raw WebHDFS write, {flush_events} events a file: {megabytes / raw:7.1f} MB/s")
+
+    topic = f"fedilake.bench-lake-{run}"
+    ensure_topics(kafka, [TopicSpec(topic, partitions=Topics.EVENTS.partitions)])
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=20)
+    for n, payload in enumerate(payloads):
+        producer.send(topic, key=str(n).encode(), value=payload)
+    producer.flush()
+    producer.close()
+
+    settings = HdfsSinkSettings(
+        group_id=f"bench-{run}", flush_events=flush_events, flush_interval_s=2
+    )
+    sink = build_sink(settings, kafka, hdfs)
+    thread = threading.Thread(target=sink.run, kwargs={"topics": [topic]})
+    started = time.perf_counter()
+    thread.start()
+    wait_until("the sink to land every event", lambda: sink.written >= events, 600, 0.05)
+    through_sink = time.perf_counter() - started
+    sink.stop()
+    thread.join(60)
+    out(
+        f"  sink (Kafka -> gzip -> WebHDFS, exactly once): {megabytes / through_sink:7.1f} MB/s "
+        f"({raw / through_sink:.2f} x raw write)"
+    )
+
+    compactor = build_compactor(settings, hdfs)
+    before = compactor.summaries(topic)
+    compactor.run(topic, now=datetime.now(UTC) + timedelta(days=400))
+    after = compactor.summaries(topic)
+    out(
+        f"  files per hour: {sum(h.files for h in before) / len(before):.1f} before compaction, "
+        f"{sum(h.files for h in after) / len(after):.1f} after ({len(after)} hours, "
+        f"{Topics.EVENTS.partitions} partitions)"
+    )
+    client.delete(f"{hdfs.lake_root}/raw/{topic}", recursive=True)
+    client.delete(f"{hdfs.lake_root}/_offsets/{topic}", recursive=True)
+    return 0

@@ -162,11 +162,75 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
+    import threading
+
+    from fedilake.contracts import Topics
+    from sinks.compactor import build_compactor, compact_periodically
     from sinks.lake import build_sink
 
-    sink = build_sink(HdfsSinkSettings(), KafkaSettings(), HdfsSettings())
+    settings, hdfs = HdfsSinkSettings(), HdfsSettings()
+    sink = build_sink(settings, KafkaSettings(), hdfs)
     on_sigterm(sink.stop)
-    sink.run()
+    topics = [Topics.EVENTS.name]
+    if settings.compact_interval_s > 0:
+        threading.Thread(
+            target=compact_periodically,
+            args=(
+                build_compactor(settings, hdfs),
+                topics,
+                settings.compact_interval_s,
+                sink.stop_requested,
+            ),
+            name="compactor",
+            daemon=True,
+        ).start()
+    sink.run(topics)
+    return 0
+
+
+def cmd_lake(args: argparse.Namespace) -> int:
+    from hdfs import InsecureClient
+
+    from fedilake.contracts import Topics
+    from sinks.compactor import build_compactor
+
+    hdfs = HdfsSettings()
+    compactor = build_compactor(HdfsSinkSettings(), hdfs)
+    topic = args.topic or Topics.EVENTS.name
+    if args.action == "ls":
+        rows = compactor.summaries(topic)
+        out(f"{'PARTITION':36} {'FILES':>5} {'BYTES':>12} {'EVENTS':>8} CLOSED")
+        for row in rows:
+            out(
+                f"{topic}/dt={row.hour:%Y-%m-%d}/hr={row.hour:%H}".ljust(36)
+                + f" {row.files:>5} {row.bytes:>12,} {row.events or 0:>8} "
+                + ("yes" if row.closed else "no")
+            )
+        out(
+            f"{len(rows)} hours, {sum(r.files for r in rows)} files, "
+            f"{sum(r.events or 0 for r in rows)} events"
+        )
+    elif args.action == "compact":
+        for result in compactor.run(topic):
+            out(
+                f"{result.hour:%Y-%m-%dT%H}: {result.files_before} -> {result.files_after} files, "
+                f"{result.events} events, {result.dropped} deleted statuses dropped"
+            )
+        out("compaction done")
+    elif args.action == "retain":
+        if args.days is None:
+            raise ValueError("`fedilake lake retain` needs --days N")
+        expired = compactor.expired_days(topic, args.days)
+        client = InsecureClient(hdfs.webhdfs_url, user=hdfs.user)
+        for path in expired:
+            if args.apply:
+                client.delete(path, recursive=True)
+            out(("deleted " if args.apply else "would delete ") + path)
+        if not args.apply:
+            out(
+                f"dry run: {len(expired)} day partitions older than {args.days} days; "
+                "add --apply to delete them"
+            )
     return 0
 
 
@@ -211,8 +275,10 @@ def _num(value: int | None) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fedilake.bench import run_skeleton_bench
+    from fedilake.bench import run_lake_bench, run_skeleton_bench
 
+    if args.target == "lake":
+        return run_lake_bench(args.events, out, hours=args.hours)
     return run_skeleton_bench(args.events, out)
 
 
@@ -291,14 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", choices=["hdfs"])
     p.set_defaults(func=cmd_sink)
 
+    p = sub.add_parser("lake", help="the HDFS lake: list, compact closed hours, retention")
+    p.add_argument("action", choices=["ls", "compact", "retain"])
+    p.add_argument("--topic", help="default: the events topic")
+    p.add_argument("--days", type=int, help="retain: keep this many days")
+    p.add_argument("--apply", action="store_true", help="retain: really delete (default: dry run)")
+    p.set_defaults(func=cmd_lake)
+
     p = sub.add_parser("batch", help="recompute a day's metrics from the lake (Hadoop Streaming)")
     p.add_argument("metric", choices=["hashtags"])
     p.add_argument("--day", type=_day, required=True, help="UTC day, e.g. 2026-11-23")
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("bench", help="measure events/s through the pipeline on the local stack")
-    p.add_argument("target", choices=["skeleton"])
+    p.add_argument("target", choices=["skeleton", "lake"])
     p.add_argument("--events", type=int, default=20000)
+    p.add_argument("--hours", type=int, default=1, help="lake: event-time hours the events span")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("query", help="read the metrics from HBase")

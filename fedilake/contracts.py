@@ -292,6 +292,15 @@ def raw_hour_dir(topic: str, hour: datetime, root: str = LAKE_ROOT) -> str:
     return f"{root}/raw/{topic}/dt={hour:%Y-%m-%d}/hr={hour:%H}"
 
 
+def tombstone_dir(topic: str, root: str = LAKE_ROOT) -> str:
+    """Where the deletes of a topic are kept apart, for compaction to honour them."""
+    return f"{root}/_tombstones/{topic}"
+
+
+SUCCESS_MARKER = "_SUCCESS"
+COMPACTION_MANIFEST = "_compaction.json"
+
+
 def raw_day_glob(topic: str, day: date, root: str = LAKE_ROOT) -> str:
     return f"{root}/raw/{topic}/dt={day:%Y-%m-%d}/hr=*/*.json.gz"
 

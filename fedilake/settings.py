@@ -130,7 +130,12 @@ class HdfsSinkSettings(BaseSettings):
 
     group_id: str = "fedilake-hdfs-sink"
     flush_events: int = Field(default=5000, gt=0)
+    flush_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     flush_interval_s: float = 5.0
+    compact_interval_s: float = Field(default=60.0, description="0 disables compaction here")
+    compact_target_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    close_grace_s: float = 600.0
+    idle_after_s: float = 300.0
 
 
 class BatchSettings(BaseSettings):

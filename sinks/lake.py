@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Any
 
 from hdfs import HdfsError, InsecureClient
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -28,12 +29,15 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from fedilake.contracts import (
     Envelope,
     EnvelopeError,
+    EventKind,
     PartFile,
     Topics,
     dead_letter_record,
+    format_time,
     part_file_name,
     raw_day_glob,
     raw_hour_dir,
+    tombstone_dir,
 )
 from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings
 
@@ -45,15 +49,32 @@ class PartitionBuffer:
     first: int | None = None
     last: int | None = None
     by_hour: dict[datetime, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    newest_event: datetime | None = None
+    deletes: list[bytes] = field(default_factory=list)
 
-    def add(self, offset: int, hour: datetime, line: bytes) -> None:
+    def add(
+        self,
+        offset: int,
+        hour: datetime,
+        line: bytes,
+        event_time: datetime | None = None,
+        is_delete: bool = False,
+    ) -> None:
         if self.first is None:
             self.first = offset
         self.last = offset
         self.by_hour[hour].append(line)
+        moment = event_time or hour
+        if self.newest_event is None or moment > self.newest_event:
+            self.newest_event = moment
+        if is_delete:
+            self.deletes.append(line)
 
     def __len__(self) -> int:
         return sum(len(lines) for lines in self.by_hour.values())
+
+    def size(self) -> int:
+        return sum(len(line) + 1 for lines in self.by_hour.values() for line in lines)
 
 
 def hour_of(moment: datetime) -> datetime:
@@ -63,7 +84,7 @@ def hour_of(moment: datetime) -> datetime:
 
 def encode_part(lines: Iterable[bytes]) -> bytes:
     # mtime=0: rewriting the same offsets gives the same bytes, not only the same name.
-    return gzip.compress(b"".join(line + b"\n" for line in lines), compresslevel=6, mtime=0)
+    return gzip.compress(b"".join(line + b"\n" for line in lines), compresslevel=1, mtime=0)
 
 
 class LakeWriter:
@@ -85,12 +106,24 @@ class LakeWriter:
             temp = f"{directory}/.{name}.tmp"
             self.client.write(temp, data=encode_part(lines), overwrite=True)
             moves.append((temp, f"{directory}/{name}"))
-        manifest = {"first": buffer.first, "last": buffer.last, "files": moves}
+        if buffer.deletes:
+            # Deletes are also kept apart, so compaction finds every tombstone cheaply.
+            directory = tombstone_dir(topic, self.root)
+            temp = f"{directory}/.{name}.tmp"
+            self.client.write(temp, data=encode_part(buffer.deletes), overwrite=True)
+            moves.append((temp, f"{directory}/{name}"))
+        manifest = {
+            "first": buffer.first,
+            "last": buffer.last,
+            "newest_event": format_time(buffer.newest_event) if buffer.newest_event else None,
+            "files": moves,
+        }
         self._write_atomically(
             f"{self.manifest_dir(topic, partition)}/{buffer.last:020d}.json",
             json.dumps(manifest).encode(),
         )
-        self._apply(moves)
+        for temp, final in moves:  # fresh names: no checks needed outside recovery
+            self.client.rename(temp, final)
         self._prune_manifests(topic, partition, keep=buffer.last)
 
     def count_events(self, topic: str, day: date) -> int:
@@ -108,28 +141,45 @@ class LakeWriter:
 
     def recover(self, topic: str, partition: int) -> int | None:
         """Finish the latest flush if a crash interrupted it; return the next offset to read."""
-        directory = self.manifest_dir(topic, partition)
-        try:
-            names = sorted(n for n in self.client.list(directory) if n.endswith(".json"))
-        except HdfsError:
+        latest = self.latest_manifest(topic, partition)
+        if latest is None:
             return None
-        if not names:
-            return None
-        with self.client.read(f"{directory}/{names[-1]}") as reader:
-            manifest = json.loads(reader.read())
+        manifest, _written = latest
         self._apply([tuple(move) for move in manifest["files"]])
         return int(manifest["last"]) + 1
+
+    def latest_manifest(self, topic: str, partition: int) -> tuple[dict[str, Any], int] | None:
+        """The partition's newest flush manifest and when it was written (ms since epoch)."""
+        directory = self.manifest_dir(topic, partition)
+        try:
+            listing = self.client.list(directory, status=True)
+        except HdfsError:
+            return None
+        manifests = sorted((n, st) for n, st in listing if n.endswith(".json"))
+        if not manifests:
+            return None
+        name, status = manifests[-1]
+        with self.client.read(f"{directory}/{name}") as reader:
+            return json.loads(reader.read()), int(status["modificationTime"])
+
+    def partitions(self, topic: str) -> list[int]:
+        try:
+            return sorted(int(n) for n in self.client.list(f"{self.root}/_offsets/{topic}"))
+        except HdfsError:
+            return []
 
     def _apply(self, moves: Iterable[tuple[str, str]]) -> None:
         for temp, final in moves:
             if self.client.status(final, strict=False) is not None:
                 continue
+            if self.client.status(temp, strict=False) is None:
+                continue  # renamed already, and since merged away by compaction
             self.client.rename(temp, final)
 
     def _write_atomically(self, path: str, data: bytes) -> None:
         temp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".tmp")
         self.client.write(temp, data=data, overwrite=True)
-        self.client.delete(path)
+        self.client.delete(path)  # present only when a failed flush is being retried
         self.client.rename(temp, path)
 
     def _prune_manifests(self, topic: str, partition: int, keep: int) -> None:
@@ -172,6 +222,7 @@ class HdfsLakeSink:
         self.dead_letters = dead_letters
         self.buffers: dict[TopicPartition, PartitionBuffer] = {}
         self.written = 0
+        self.buffered_bytes = 0
         self.stop_requested = threading.Event()
 
     def run(self, topics: Iterable[str] = (Topics.EVENTS.name,)) -> None:
@@ -183,10 +234,15 @@ class HdfsLakeSink:
                 for tp, records in batches.items():
                     for record in records:
                         self._add(tp, record.offset, record.value)
+                        self.buffered_bytes += len(record.value) + 1
                 pending = sum(len(b) for b in self.buffers.values())
                 due = time.monotonic() - last_flush >= self.settings.flush_interval_s
-                if pending >= self.settings.flush_events or (due and pending):
-                    self.flush()
+                full = (
+                    pending >= self.settings.flush_events
+                    or self.buffered_bytes >= self.settings.flush_bytes
+                )
+                if full or (due and pending):
+                    self._flush_until_done()
                 if due:
                     last_flush = time.monotonic()
         finally:
@@ -199,6 +255,23 @@ class HdfsLakeSink:
     def stop(self) -> None:
         self.stop_requested.set()
 
+    def _flush_until_done(self) -> None:
+        """HDFS may be away for a while (a DataNode restart): keep the buffers, retry the flush.
+
+        A retried flush rewrites the same temporary files and names, so nothing doubles.
+        """
+        delay = 1.0
+        while True:
+            try:
+                self.flush()
+                return
+            except (HdfsError, OSError) as exc:
+                if self.stop_requested.is_set():
+                    raise
+                log.warning("lake flush failed (%s); retrying in %.0fs", exc, delay)
+                self.stop_requested.wait(delay)
+                delay = min(delay * 2, 30.0)
+
     def _add(self, tp: TopicPartition, offset: int, value: bytes) -> None:
         try:
             envelope = Envelope.from_bytes(value)
@@ -209,18 +282,22 @@ class HdfsLakeSink:
             )
             return
         buffer = self.buffers.setdefault(tp, PartitionBuffer())
-        buffer.add(offset, hour_of(envelope.event_time()), value)
+        moment = envelope.event_time()
+        buffer.add(offset, hour_of(moment), value, moment, envelope.kind is EventKind.DELETE)
 
     def flush(self, partitions: Iterable[TopicPartition] | None = None) -> None:
         chosen = list(partitions) if partitions is not None else list(self.buffers)
         commits = {}
         for tp in chosen:
-            buffer = self.buffers.pop(tp, None)
+            buffer = self.buffers.get(tp)
             if buffer is None or buffer.last is None:
+                self.buffers.pop(tp, None)
                 continue
             self.writer.write(tp.topic, tp.partition, buffer)
+            del self.buffers[tp]  # only once it is durable: a failed write is retried whole
             self.written += len(buffer)
             commits[tp] = buffer.last + 1
+        self.buffered_bytes = sum(b.size() for b in self.buffers.values())
         if commits:
             from kafka.structs import OffsetAndMetadata
 

@@ -128,9 +128,12 @@ def test_stack_services_in_start_order_with_their_ports(settings: StackSettings)
         "thrift": (19090, 19095),
     }
     assert {s.name: s.component for s in services} == {
-        "kafka": "kafka", "namenode": "hadoop", "datanode": "hadoop",
-        "hbase": "hbase", "thrift": "hbase",
-    }  # fmt: skip
+        "kafka": "kafka",
+        "namenode": "hadoop",
+        "datanode": "hadoop",
+        "hbase": "hbase",
+        "thrift": "hbase",
+    }
     assert services[0].heap == "300m"
 
 
@@ -163,10 +166,14 @@ def test_stack_paths_live_under_the_state_dir(tmp_path: Path) -> None:
 
 def test_java_command_caps_the_heap_and_opens_the_jdk() -> None:
     command = java_command(
-        Path("/opt/jdk/bin/java"), ["/conf", "/lib/*"], "256m", "org.example.Main", ["a", "b"],
+        Path("/opt/jdk/bin/java"),
+        ["/conf", "/lib/*"],
+        "256m",
+        "org.example.Main",
+        ["a", "b"],
         {"log4j.configuration": "file:///conf/log4j.properties"},
         marker="-Dfedilake.service=kafka",
-    )  # fmt: skip
+    )
     assert command[0] == "/opt/jdk/bin/java"
     assert command[1] == "-Dfedilake.service=kafka"
     assert "-Xmx256m" in command

@@ -1,0 +1,308 @@
+"""Closing the lake's hours: merge each closed hour's files, drop deleted statuses, mark it `_SUCCESS`.
+
+Crash safety: merged outputs are written under hidden temporary names, then a
+`_compaction.json` manifest names (temp, output, sources) for every step, then each step
+deletes its sources and renames its temp into place, then `_SUCCESS` is written and the
+manifest removed. A compaction interrupted anywhere is rolled forward from its manifest
+on the next run; running it again on a compacted hour changes nothing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import posixpath
+import threading
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from hdfs import HdfsError, InsecureClient
+
+from fedilake.contracts import (
+    COMPACTION_MANIFEST,
+    SUCCESS_MARKER,
+    PartFile,
+    parse_time,
+    raw_hour_dir,
+    tombstone_dir,
+)
+from fedilake.settings import HdfsSettings, HdfsSinkSettings
+
+from .compaction import (
+    DeletedStatuses,
+    LakeFile,
+    closed_hours,
+    lake_watermark,
+    plan_merges,
+    tombstone_of,
+)
+from .lake import LakeWriter, encode_part
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HourSummary:
+    """One event-time partition of the lake, as `fedilake lake ls` shows it."""
+
+    topic: str
+    hour: datetime
+    files: int
+    bytes: int
+    events: int | None
+    closed: bool
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    hour: datetime
+    files_before: int
+    files_after: int
+    events: int
+    dropped: int
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class HourlyCompactor:
+    def __init__(
+        self,
+        client: InsecureClient,
+        root: str,
+        target_bytes: int = 128 * 1024 * 1024,
+        grace: timedelta = timedelta(minutes=10),
+        idle: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self.client = client
+        self.root = root
+        self.target_bytes = target_bytes
+        self.grace = grace
+        self.idle = idle
+        self.writer = LakeWriter(client, root)
+
+    # ------------------------------------------------------------------ reading the lake
+
+    def hours(self, topic: str) -> list[datetime]:
+        base = f"{self.root}/raw/{topic}"
+        found = []
+        try:
+            days = self.client.list(base)
+        except HdfsError:
+            return []
+        for day in days:
+            if not day.startswith("dt="):
+                continue
+            for hour in self.client.list(f"{base}/{day}"):
+                if hour.startswith("hr="):
+                    found.append(
+                        datetime.strptime(f"{day[3:]} {hour[3:]}", "%Y-%m-%d %H").replace(
+                            tzinfo=UTC
+                        )
+                    )
+        return sorted(found)
+
+    def part_files(self, directory: str) -> tuple[list[LakeFile], dict[str, dict[str, int]]]:
+        listing = dict(self.client.list(directory, status=True))
+        files = []
+        for name, status in listing.items():
+            part = PartFile.parse(name)
+            if part is not None:
+                files.append(LakeFile(name, part, int(status["length"])))
+        return files, listing
+
+    def watermark(self, topic: str, now: datetime) -> datetime:
+        marks: dict[int, tuple[datetime | None, datetime]] = {}
+        for partition in self.writer.partitions(topic):
+            latest = self.writer.latest_manifest(topic, partition)
+            if latest is None:
+                continue
+            manifest, written_ms = latest
+            newest = manifest.get("newest_event")
+            marks[partition] = (
+                parse_time(newest) if newest else None,
+                datetime.fromtimestamp(written_ms / 1000, UTC),
+            )
+        return lake_watermark(marks, now, self.idle)
+
+    def deleted_statuses(self, topic: str) -> tuple[DeletedStatuses, int]:
+        """Every tombstone of the topic, and the newest tombstone file's time (ms)."""
+        deleted = DeletedStatuses()
+        newest = 0
+        directory = tombstone_dir(topic, self.root)
+        try:
+            listing = self.client.list(directory, status=True)
+        except HdfsError:
+            return deleted, newest
+        for name, status in listing:
+            if PartFile.parse(name) is None:
+                continue
+            newest = max(newest, int(status["modificationTime"]))
+            for line in self._lines(f"{directory}/{name}"):
+                tombstone = tombstone_of(line)
+                if tombstone is not None:
+                    deleted.add(tombstone)
+        return deleted, newest
+
+    def _lines(self, path: str) -> list[bytes]:
+        with self.client.read(path) as reader:
+            return gzip.decompress(reader.read()).splitlines()
+
+    # ------------------------------------------------------------------ compaction
+
+    def run(self, topic: str, now: datetime | None = None) -> list[CompactionResult]:
+        """Compact every closed hour of `topic` that is not compacted yet (or changed since)."""
+        now = now or datetime.now(UTC)
+        watermark = self.watermark(topic, now)
+        deleted, tombstones_ms = self.deleted_statuses(topic)
+        results = []
+        for hour in closed_hours(self.hours(topic), watermark, self.grace):
+            directory = raw_hour_dir(topic, hour, self.root)
+            _files, listing = self.part_files(directory)
+            if self._is_current(listing, tombstones_ms):
+                continue
+            result = self.compact_hour(topic, hour, deleted)
+            if result is not None:
+                results.append(result)
+        return results
+
+    @staticmethod
+    def _is_current(listing: dict[str, dict[str, int]], tombstones_ms: int) -> bool:
+        """Compacted, and no late file nor newer tombstone arrived since."""
+        success = listing.get(SUCCESS_MARKER)
+        if success is None or COMPACTION_MANIFEST in listing:
+            return False
+        done_ms = int(success["modificationTime"])
+        newest_file = max(
+            (int(st["modificationTime"]) for n, st in listing.items() if PartFile.parse(n)),
+            default=0,
+        )
+        return newest_file <= done_ms and tombstones_ms <= done_ms
+
+    def compact_hour(
+        self, topic: str, hour: datetime, deleted: DeletedStatuses
+    ) -> CompactionResult | None:
+        directory = raw_hour_dir(topic, hour, self.root)
+        manifest_path = f"{directory}/{COMPACTION_MANIFEST}"
+        if self.client.status(manifest_path, strict=False) is not None:
+            self._roll_forward(directory, manifest_path)
+        files, _listing = self.part_files(directory)
+        if not files:
+            return None
+        steps = []
+        events = dropped = 0
+        for step in plan_merges(files, self.target_bytes):
+            lines: list[bytes] = []
+            for source in step.sources:  # offset order: plan_merges sorts them
+                lines.extend(self._lines(f"{directory}/{source}"))
+            kept = [line for line in lines if not deleted.removes(line)]
+            events += len(kept)
+            dropped += len(lines) - len(kept)
+            if len(step.sources) == 1 and len(kept) == len(lines):
+                continue  # already one file, nothing deleted: leave it as it is
+            temp = f"{directory}/.{step.output}.compacting"
+            self.client.write(temp, data=encode_part(kept), overwrite=True)
+            steps.append({"temp": temp, "output": step.output, "sources": list(step.sources)})
+        self._write_manifest(manifest_path, {"steps": steps})
+        self._roll_forward(directory, manifest_path, events)
+        files_after, _ = self.part_files(directory)
+        log.info(
+            "compacted %s %s: %d -> %d files, %d events, %d deleted",
+            topic,
+            f"{hour:%Y-%m-%dT%H}",
+            len(files),
+            len(files_after),
+            events,
+            dropped,
+        )
+        return CompactionResult(hour, len(files), len(files_after), events, dropped)
+
+    def _write_manifest(self, path: str, manifest: dict[str, object]) -> None:
+        temp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".tmp")
+        self.client.write(temp, data=json.dumps(manifest).encode(), overwrite=True)
+        self.client.rename(temp, path)
+
+    def _roll_forward(self, directory: str, manifest_path: str, events: int | None = None) -> None:
+        with self.client.read(manifest_path) as reader:
+            manifest = json.loads(reader.read())
+        for step in manifest["steps"]:
+            if self.client.status(step["temp"], strict=False) is None:
+                continue  # this step finished before the crash
+            for source in step["sources"]:
+                self.client.delete(f"{directory}/{source}")
+            self.client.rename(step["temp"], f"{directory}/{step['output']}")
+        if events is None:
+            files, _ = self.part_files(directory)
+            events = sum(len(self._lines(f"{directory}/{f.name}")) for f in files)
+        files, _ = self.part_files(directory)
+        success = {"events": events, "files": len(files), "bytes": sum(f.size for f in files)}
+        self.client.write(
+            f"{directory}/{SUCCESS_MARKER}", data=json.dumps(success).encode(), overwrite=True
+        )
+        self.client.delete(manifest_path)
+
+    # ------------------------------------------------------------------ ls, retention
+
+    def summaries(self, topic: str, now: datetime | None = None) -> list[HourSummary]:
+        now = now or datetime.now(UTC)
+        closed = set(closed_hours(self.hours(topic), self.watermark(topic, now), self.grace))
+        result = []
+        for hour in self.hours(topic):
+            directory = raw_hour_dir(topic, hour, self.root)
+            files, listing = self.part_files(directory)
+            events: int | None = None
+            if self._is_current(listing, 0):
+                with self.client.read(f"{directory}/{SUCCESS_MARKER}") as reader:
+                    events = json.loads(reader.read() or b"{}").get("events")
+            if events is None:
+                events = sum(len(self._lines(f"{directory}/{f.name}")) for f in files)
+            result.append(
+                HourSummary(
+                    topic,
+                    hour,
+                    len(files),
+                    sum(f.size for f in files),
+                    events,
+                    hour in closed and SUCCESS_MARKER in listing,
+                )
+            )
+        return result
+
+    def expired_days(self, topic: str, days: int, now: datetime | None = None) -> list[str]:
+        """The `dt=` directories entirely older than `days` days."""
+        now = now or datetime.now(UTC)
+        cutoff = (now - timedelta(days=days)).date()
+        base = f"{self.root}/raw/{topic}"
+        try:
+            names = self.client.list(base)
+        except HdfsError:
+            return []
+        return [
+            f"{base}/{name}"
+            for name in sorted(names)
+            if name.startswith("dt=") and date.fromisoformat(name[3:]) < cutoff
+        ]
+
+
+def build_compactor(settings: HdfsSinkSettings, hdfs: HdfsSettings) -> HourlyCompactor:
+    return HourlyCompactor(
+        InsecureClient(hdfs.webhdfs_url, user=hdfs.user),
+        hdfs.lake_root,
+        target_bytes=settings.compact_target_bytes,
+        grace=timedelta(seconds=settings.close_grace_s),
+        idle=timedelta(seconds=settings.idle_after_s),
+    )
+
+
+def compact_periodically(
+    compactor: HourlyCompactor, topics: list[str], interval_s: float, stop: threading.Event
+) -> None:
+    """The sink's companion loop: close hours as the watermark passes them."""
+    while not stop.wait(interval_s):
+        for topic in topics:
+            try:
+                compactor.run(topic)
+            except (HdfsError, OSError) as exc:  # retried on the next tick; it rolls forward
+                log.warning("compaction of %s failed, will retry: %s", topic, exc)

@@ -1,0 +1,93 @@
+"""Compaction planning: merges per partition under a target size, closed hours, watermark, tombstones."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from fedilake.contracts import Envelope, EventKind, PartFile, part_file_name
+from sinks.compaction import (
+    DeletedStatuses,
+    LakeFile,
+    Tombstone,
+    closed_hours,
+    lake_watermark,
+    plan_merges,
+    tombstone_of,
+)
+
+T = "fedilake.events"
+NOW = datetime(2026, 11, 23, 12, 30, tzinfo=UTC)
+
+
+def lake_file(partition: int, first: int, last: int, size: int) -> LakeFile:
+    name = part_file_name(T, partition, first, last)
+    part = PartFile.parse(name)
+    assert part is not None
+    return LakeFile(name, part, size)
+
+
+def test_small_files_of_a_partition_merge_into_one_named_by_their_whole_range() -> None:
+    files = [lake_file(0, 10, 19, 100), lake_file(0, 0, 9, 100), lake_file(1, 5, 5, 10)]
+    steps = plan_merges(files, target_bytes=1000)
+    assert [(s.output, s.sources) for s in steps] == [
+        (part_file_name(T, 0, 0, 19), (files[1].name, files[0].name)),
+        (part_file_name(T, 1, 5, 5), (files[2].name,)),
+    ]
+
+
+def test_outputs_stay_under_the_target_and_every_file_is_used_once() -> None:
+    files = [lake_file(0, n * 10, n * 10 + 9, 400) for n in range(7)]
+    steps = plan_merges(files, target_bytes=1000)
+    assert [len(s.sources) for s in steps] == [2, 2, 2, 1]
+    used = [name for s in steps for name in s.sources]
+    assert sorted(used) == sorted(f.name for f in files)
+
+
+def test_a_file_over_the_target_stays_alone() -> None:
+    files = [lake_file(0, 0, 9, 5000), lake_file(0, 10, 19, 10)]
+    assert [len(s.sources) for s in plan_merges(files, target_bytes=1000)] == [1, 1]
+
+
+def test_an_hour_closes_when_the_watermark_passes_its_end_plus_grace() -> None:
+    hours = [NOW.replace(hour=h, minute=0) for h in (9, 10, 11, 12)]
+    assert closed_hours(hours, NOW, timedelta(minutes=10)) == hours[:3]
+    assert closed_hours(hours, NOW, timedelta(minutes=40)) == hours[:2]
+
+
+def test_the_watermark_is_the_slowest_partitions_and_idle_partitions_follow_the_clock() -> None:
+    busy = (NOW - timedelta(hours=3), NOW - timedelta(seconds=5))
+    slow = (NOW - timedelta(hours=5), NOW - timedelta(seconds=5))
+    idle = (NOW - timedelta(hours=9), NOW - timedelta(hours=1))
+    idle_after = timedelta(minutes=5)
+    assert lake_watermark({0: busy, 1: slow}, NOW, idle_after) == NOW - timedelta(hours=5)
+    assert lake_watermark({0: busy, 1: idle}, NOW, idle_after) == NOW - timedelta(hours=3)
+    assert lake_watermark({}, NOW, idle_after) == NOW
+
+
+def envelope(kind: EventKind, status_id: str, uri: str | None) -> bytes:
+    return Envelope(
+        kind=kind,
+        instance="https://a.example",
+        stream="public",
+        event="x",
+        received_at=NOW,
+        created_at=NOW if kind is EventKind.STATUS else None,
+        uri=uri,
+        status_id=status_id,
+        payload="{}",
+    ).to_bytes()
+
+
+def test_deletes_remove_statuses_by_local_id_or_uri_and_keep_themselves() -> None:
+    delete = envelope(EventKind.DELETE, "7", None)
+    tombstone = tombstone_of(delete)
+    assert tombstone == Tombstone("https://a.example", "7", None)
+    deleted = DeletedStatuses([tombstone, Tombstone("https://b.example", "1", "https://x/s/9")])
+    assert deleted.removes(envelope(EventKind.STATUS, "7", "https://a.example/s/7"))
+    assert deleted.removes(envelope(EventKind.EDIT, "7", "https://a.example/s/7"))
+    assert deleted.removes(envelope(EventKind.STATUS, "99", "https://x/s/9"))
+    assert not deleted.removes(envelope(EventKind.STATUS, "8", "https://a.example/s/8"))
+    assert not deleted.removes(delete)
+    assert not DeletedStatuses().removes(envelope(EventKind.STATUS, "7", None))
+    assert tombstone_of(envelope(EventKind.STATUS, "7", None)) is None
+    assert tombstone_of(b"not json") is None
