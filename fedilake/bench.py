@@ -163,7 +163,7 @@ def run_skeleton_bench(events: int, out: Callable[[str], None]) -> int:
                 "FEDILAKE_PROCESSOR_DATA_DIR": str(Path(tmp) / "faust"),
             },
         )
-        sink = start("sink", "sink", "hdfs")
+        sink = start("sink", "sink", "hdfs", env={"FEDILAKE_SINK_COMPACT_INTERVAL_S": "0"})
         # Let both consumers join their groups and catch up before the clock starts.
         time.sleep(15)
         sim = start(
