@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -23,7 +20,7 @@ from kafka import KafkaProducer
 
 from fedilake.contracts import Metric, Topics, TopicSpec
 from fedilake.kafka_topics import end_offsets, ensure_topics
-from fedilake.pipeline import initialize
+from fedilake.pipeline import cli_processes, initialize
 from fedilake.settings import (
     HBaseSettings,
     HdfsSettings,
@@ -99,33 +96,6 @@ def bare_producer_rate(kafka: KafkaSettings, payloads: list[bytes]) -> StageResu
     return StageResult("bare kafka-python producer", seconds, len(payloads))
 
 
-@contextmanager
-def daemons(workdir: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        with (workdir / f"{name}.log").open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "fedilake.cli", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-            )
-        started.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.terminate()
-        for process in started:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
 def wait_until(what: str, check: Callable[[], bool], timeout_s: float, every_s: float) -> float:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -153,7 +123,10 @@ def run_skeleton_bench(events: int, out: Callable[[str], None]) -> int:
     port = 18700 + os.getpid() % 100
     simulator = f"http://127.0.0.1:{port}"
     before = sum(end_offsets(kafka, Topics.EVENTS.name).values())
-    with tempfile.TemporaryDirectory(prefix="fedilake-bench-") as tmp, daemons(Path(tmp)) as start:
+    with (
+        tempfile.TemporaryDirectory(prefix="fedilake-bench-") as tmp,
+        cli_processes(Path(tmp)) as start,
+    ):
         run_id = f"bench{int(time.time())}"
         processor = start(
             "processor",

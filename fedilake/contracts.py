@@ -213,7 +213,7 @@ class TableSpec:
 
 
 class Tables:
-    """HBase tables, created idempotently by `fedilake hbase init`."""
+    """HBase tables, created idempotently by `fedilake init`."""
 
     # One row per (metric, bucket, dimension). Family `l` holds the live value as one
     # column per source Kafka partition (each worker writes only its own partitions'
@@ -301,8 +301,12 @@ SUCCESS_MARKER = "_SUCCESS"
 COMPACTION_MANIFEST = "_compaction.json"
 
 
+def raw_day_dir(topic: str, day: date, root: str = LAKE_ROOT) -> str:
+    return f"{root}/raw/{topic}/dt={day:%Y-%m-%d}"
+
+
 def raw_day_glob(topic: str, day: date, root: str = LAKE_ROOT) -> str:
-    return f"{root}/raw/{topic}/dt={day:%Y-%m-%d}/hr=*/*.json.gz"
+    return f"{raw_day_dir(topic, day, root)}/hr=*/*.json.gz"
 
 
 def part_file_name(topic: str, partition: int, first_offset: int, last_offset: int) -> str:

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,24 +48,54 @@ def uses_simulator(env: Mapping[str, str]) -> bool:
     return "FEDILAKE_STREAMER_INSTANCE_URL" not in env
 
 
+def spawn_cli(
+    args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m fedilake.cli ARGS` in its own session, output appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedilake.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
+        )
+
+
+@contextmanager
+def cli_processes(workdir: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start named `fedilake` subcommands for a test or benchmark; all are stopped at exit."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        process = spawn_cli(args, workdir / f"{name}.log", env)
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def start_daemon(paths: StackPaths, daemon: Daemon, env: Mapping[str, str] | None = None) -> int:
     """Start `python -m fedilake.cli ARGS` detached, with a pid file and a log; idempotent."""
     pid = running_pid(paths, daemon.name, daemon.marker())
     if pid is not None:
         return pid
     log_path = paths.log(daemon.name)
-    for directory in (log_path.parent, paths.pid(daemon.name).parent):
-        directory.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fedilake.cli", *daemon.args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=REPO_ROOT,
-            env=dict(env or os.environ),
-        )
+    paths.pid(daemon.name).parent.mkdir(parents=True, exist_ok=True)
+    process = spawn_cli(daemon.args, log_path, env)
     paths.pid(daemon.name).write_text(f"{process.pid}\n")
     time.sleep(1.0)
     if not alive(process.pid):

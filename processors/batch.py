@@ -19,6 +19,7 @@ from fedilake.contracts import (
     MetricRow,
     Topics,
     batch_output_dir,
+    raw_day_dir,
     raw_day_glob,
 )
 from fedilake.settings import REPO_ROOT, BatchSettings, HBaseSettings, HdfsSettings, StackSettings
@@ -57,7 +58,7 @@ def parse_hashtag_output(lines: list[str]) -> dict[MetricRow, int]:
 
 
 def day_input_files(client: InsecureClient, topic: str, day: date, root: str) -> list[str]:
-    day_dir = raw_day_glob(topic, day, root).split("/hr=*")[0]
+    day_dir = raw_day_dir(topic, day, root)
     try:
         hours = client.list(day_dir)
     except HdfsError:

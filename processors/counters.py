@@ -86,10 +86,11 @@ def build_app(settings: ProcessorSettings, kafka: KafkaSettings, hbase: HBaseSet
         try:
             for partition, values in by_partition.items():
                 await loop.run_in_executor(None, metric_store.write_live, partition, values)
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - raising here would stop the whole worker
             dirty.update(pending)  # written again on the next tick: the values are absolute
             store.pop("metrics", None)
-            raise
+            log.warning("HBase flush failed, retrying next tick: %s", exc)
+            return
         log.info("flushed %d live counters to HBase", len(pending))
 
     return app

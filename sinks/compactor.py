@@ -304,5 +304,5 @@ def compact_periodically(
         for topic in topics:
             try:
                 compactor.run(topic)
-            except (HdfsError, OSError) as exc:  # retried on the next tick; it rolls forward
-                log.warning("compaction of %s failed, will retry: %s", topic, exc)
+            except Exception:
+                log.exception("compaction of %s failed; retrying next tick", topic)

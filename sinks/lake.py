@@ -25,6 +25,7 @@ from typing import Any
 from hdfs import HdfsError, InsecureClient
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
 
 from fedilake.contracts import (
     Envelope,
@@ -35,7 +36,7 @@ from fedilake.contracts import (
     dead_letter_record,
     format_time,
     part_file_name,
-    raw_day_glob,
+    raw_day_dir,
     raw_hour_dir,
     tombstone_dir,
 )
@@ -99,6 +100,13 @@ class LakeWriter:
 
     def write(self, topic: str, partition: int, buffer: PartitionBuffer) -> None:
         assert buffer.first is not None and buffer.last is not None
+        manifest_path = f"{self.manifest_dir(topic, partition)}/{buffer.last:020d}.json"
+        if self.client.status(manifest_path, strict=False) is not None:
+            # A retry of a flush whose manifest is already durable: only finish its renames
+            # (rewriting the temps could revive files compaction has merged away since).
+            with self.client.read(manifest_path) as reader:
+                self._apply([tuple(move) for move in json.loads(reader.read())["files"]])
+            return
         name = part_file_name(topic, partition, buffer.first, buffer.last)
         moves = []
         for hour, lines in sorted(buffer.by_hour.items()):
@@ -118,17 +126,14 @@ class LakeWriter:
             "newest_event": format_time(buffer.newest_event) if buffer.newest_event else None,
             "files": moves,
         }
-        self._write_atomically(
-            f"{self.manifest_dir(topic, partition)}/{buffer.last:020d}.json",
-            json.dumps(manifest).encode(),
-        )
+        self._write_atomically(manifest_path, json.dumps(manifest).encode())
         for temp, final in moves:  # fresh names: no checks needed outside recovery
             self.client.rename(temp, final)
         self._prune_manifests(topic, partition, keep=buffer.last)
 
     def count_events(self, topic: str, day: date) -> int:
         """Events in the visible part files of one day (reads them: for checks, not hot paths)."""
-        day_dir = raw_day_glob(topic, day, self.root).split("/hr=*")[0]
+        day_dir = raw_day_dir(topic, day, self.root)
         if self.client.status(day_dir, strict=False) is None:
             return 0
         count = 0
@@ -151,10 +156,9 @@ class LakeWriter:
     def latest_manifest(self, topic: str, partition: int) -> tuple[dict[str, Any], int] | None:
         """The partition's newest flush manifest and when it was written (ms since epoch)."""
         directory = self.manifest_dir(topic, partition)
-        try:
-            listing = self.client.list(directory, status=True)
-        except HdfsError:
-            return None
+        if self.client.status(directory, strict=False) is None:
+            return None  # never flushed; any other HDFS error must not look like this
+        listing = self.client.list(directory, status=True)
         manifests = sorted((n, st) for n, st in listing if n.endswith(".json"))
         if not manifests:
             return None
@@ -195,6 +199,11 @@ class _Recovery(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.sink.flush(revoked)
+
+    def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
+        # Another member owns them now: writing them here could duplicate its files.
+        for tp in lost:
+            self.sink.buffers.pop(tp, None)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
@@ -301,9 +310,13 @@ class HdfsLakeSink:
         if commits:
             from kafka.structs import OffsetAndMetadata
 
-            self.consumer.commit(
-                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in commits.items()}
-            )
+            try:
+                self.consumer.commit(
+                    {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in commits.items()}
+                )
+            except KafkaError as exc:
+                # Advisory only: the lake's manifests are where a restart resumes from.
+                log.warning("could not commit offsets to Kafka: %s", exc)
             log.info(
                 "landed events up to offsets %s (%d events so far)",
                 {f"{tp.topic}[{tp.partition}]": o for tp, o in commits.items()},

@@ -91,11 +91,13 @@ class StreamListener:
         self._token = settings.token()
 
     def run(self) -> None:
-        base = discover_streaming_base(self.settings.instance_url, self._token)
-        url = base + stream_path(self.settings.stream)
+        path = stream_path(self.settings.stream)  # an unknown stream fails here, at once
+        url: str | None = None
         backoff = 1.0
         while not self.stop_requested.is_set():
             try:
+                if url is None:  # an instance that is down at start is retried like a drop
+                    url = discover_streaming_base(self.settings.instance_url, self._token) + path
                 self._read(url)
                 backoff = 1.0
             except StreamAuthError:

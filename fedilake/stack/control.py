@@ -102,8 +102,11 @@ def stop_process(paths: StackPaths, name: str, pid: int, timeout_s: float) -> No
             log.warning("%s did not stop within %.0fs; killing it", name, timeout_s)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        while alive(pid):
+        deadline = time.monotonic() + 30
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
+        if alive(pid):
+            raise StackError(f"{name} (pid {pid}) survived SIGKILL for 30s")
     paths.pid(name).unlink(missing_ok=True)
 
 

@@ -4,10 +4,8 @@ compaction every event is in exactly one file of its event-time hour and deleted
 from __future__ import annotations
 
 import gzip
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
@@ -25,6 +23,7 @@ from fedilake.contracts import (
     Topics,
     raw_hour_dir,
 )
+from fedilake.pipeline import spawn_cli
 from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings
 from fedilake.stack.control import LocalStack
 from sinks.compactor import build_compactor
@@ -71,18 +70,11 @@ def delete(original: Envelope) -> Envelope:
 
 def start_sink(log: Path) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         "FEDILAKE_SINK_FLUSH_EVENTS": "400",
         "FEDILAKE_SINK_FLUSH_INTERVAL_S": "1",
         "FEDILAKE_SINK_COMPACT_INTERVAL_S": "0",
     }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "fedilake.cli", "sink", "hdfs"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    return spawn_cli(["sink", "hdfs"], log, env)
 
 
 def day_uris(client: InsecureClient, day: date) -> tuple[Counter[str], dict[str, list[str]]]:

@@ -19,6 +19,7 @@ from hdfs import InsecureClient
 
 from fedilake.airflow_env import ensure_airflow_venv, run_dag_test
 from fedilake.contracts import Metric, Topics
+from fedilake.pipeline import cli_processes
 from fedilake.settings import HBaseSettings, HdfsSettings
 from fedilake.stack.control import LocalStack
 from sinks.hbase import MetricStore, connect
@@ -57,33 +58,11 @@ def lake_events(day: date) -> int:
 
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    import subprocess
-
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, *args: str, env: dict[str, str] | None = None) -> Any:
-        log = (tmp_path / f"{name}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fedilake.cli", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.terminate()
-    for process in started:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with cli_processes(tmp_path) as start:
+        yield start
     for log in sorted(tmp_path.glob("*.log")):
-        sys.stderr.write(
-            f"--- {log.name} (tail)\n" + "\n".join(log.read_text().splitlines()[-15:]) + "\n"
-        )
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        sys.stderr.write(f"--- {log.name} (tail)\n{tail}\n")
 
 
 def free_port() -> int:
