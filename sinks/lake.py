@@ -127,8 +127,7 @@ class LakeWriter:
             "files": moves,
         }
         self._write_atomically(manifest_path, json.dumps(manifest).encode())
-        for temp, final in moves:  # fresh names: no checks needed outside recovery
-            self.client.rename(temp, final)
+        self._rename_all(moves)
         self._prune_manifests(topic, partition, keep=buffer.last)
 
     def count_events(self, topic: str, day: date) -> int:
@@ -172,6 +171,11 @@ class LakeWriter:
         except HdfsError:
             return []
 
+    def _rename_all(self, moves: Iterable[tuple[str, str]]) -> None:
+        """The renames of a fresh flush: new names, so no checks (recovery uses `_apply`)."""
+        for temp, final in moves:
+            self.client.rename(temp, final)
+
     def _apply(self, moves: Iterable[tuple[str, str]]) -> None:
         for temp, final in moves:
             if self.client.status(final, strict=False) is not None:
@@ -207,7 +211,7 @@ class _Recovery(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
-            position = self.sink.writer.recover(tp.topic, tp.partition)
+            position = self.sink.recover_until_done(tp)
             if position is not None:
                 self.sink.consumer.seek(tp, position)
                 log.info(
@@ -263,6 +267,26 @@ class HdfsLakeSink:
 
     def stop(self) -> None:
         self.stop_requested.set()
+
+    def recover_until_done(self, tp: TopicPartition) -> int | None:
+        """The partition's position from the lake, waiting out an HDFS outage (a DataNode
+        restart) rather than guessing: resuming elsewhere would lose or double events."""
+        delay = 1.0
+        while True:
+            try:
+                return self.writer.recover(tp.topic, tp.partition)
+            except (HdfsError, OSError) as exc:
+                if self.stop_requested.is_set():
+                    raise
+                log.warning(
+                    "cannot read %s[%d]'s position from the lake (%s); retrying in %.0fs",
+                    tp.topic,
+                    tp.partition,
+                    exc,
+                    delay,
+                )
+                self.stop_requested.wait(delay)
+                delay = min(delay * 2, 30.0)
 
     def _flush_until_done(self) -> None:
         """HDFS may be away for a while (a DataNode restart): keep the buffers, retry the flush.

@@ -25,7 +25,7 @@ def stack() -> Iterator[LocalStack]:
     started = [s.name for s in local.services if s.name not in already]
     if started:
         local.down(started)
-        left = [s.name for s in local.services if running_pid(local.paths, s.name) is not None]
+        left = [name for name in started if running_pid(local.paths, name) is not None]
         assert not left, f"stack down left processes running: {left}"
 
 

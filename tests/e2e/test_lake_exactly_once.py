@@ -134,7 +134,7 @@ def test_every_event_once_in_its_hour_after_kills_and_a_datanode_restart(
         producer.flush()
 
         lake = LakeWriter(client, HdfsSettings().lake_root)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while lake.count_events(Topics.EVENTS.name, day) < EVENTS and time.monotonic() < deadline:
             time.sleep(2)
         time.sleep(3)  # the deletes land in today's hour, after the statuses

@@ -116,7 +116,7 @@ def test_a_flush_interrupted_before_its_renames_is_finished_on_recovery(stack: L
         )
 
     class CrashBeforeRename(LakeWriter):
-        def _apply(self, moves: object) -> None:
+        def _rename_all(self, moves: object) -> None:
             raise RuntimeError("killed between the manifest and the renames")
 
     with pytest.raises(RuntimeError):
