@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -81,6 +82,27 @@ def lake_watermark(
         else:
             marks.append(newest_event)
     return min(marks) if marks else now
+
+
+STATE_MARKER_PREFIX = "_compacted-"
+
+
+def compaction_state(part_names: Iterable[str], tombstone_key: str) -> str:
+    """Names the state an hour was compacted in: its part files and the tombstones applied.
+
+    Kept as the name of an empty marker file, so one directory listing tells whether a late
+    file or a new delete arrived since (HDFS keeps a file's time across a rename, so times
+    cannot tell).
+    """
+    digest = hashlib.sha256()
+    for name in sorted(part_names):
+        digest.update(name.encode() + b"\n")
+    digest.update(tombstone_key.encode())
+    return STATE_MARKER_PREFIX + digest.hexdigest()[:20]
+
+
+def tombstone_key(tombstone_files: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(tombstone_files)).encode()).hexdigest()[:20]
 
 
 @dataclass(frozen=True)

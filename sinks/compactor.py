@@ -30,11 +30,14 @@ from fedilake.contracts import (
 from fedilake.settings import HdfsSettings, HdfsSinkSettings
 
 from .compaction import (
+    STATE_MARKER_PREFIX,
     DeletedStatuses,
     LakeFile,
     closed_hours,
+    compaction_state,
     lake_watermark,
     plan_merges,
+    tombstone_key,
     tombstone_of,
 )
 from .lake import LakeWriter, encode_part
@@ -127,24 +130,22 @@ class HourlyCompactor:
             )
         return lake_watermark(marks, now, self.idle)
 
-    def deleted_statuses(self, topic: str) -> tuple[DeletedStatuses, int]:
-        """Every tombstone of the topic, and the newest tombstone file's time (ms)."""
-        deleted = DeletedStatuses()
-        newest = 0
+    def tombstone_files(self, topic: str) -> list[str]:
         directory = tombstone_dir(topic, self.root)
-        try:
-            listing = self.client.list(directory, status=True)
-        except HdfsError:
-            return deleted, newest
-        for name, status in listing:
-            if PartFile.parse(name) is None:
-                continue
-            newest = max(newest, int(status["modificationTime"]))
-            for line in self._lines(f"{directory}/{name}"):
+        if self.client.status(directory, strict=False) is None:
+            return []
+        return sorted(n for n in self.client.list(directory) if PartFile.parse(n) is not None)
+
+    def deleted_statuses(self, topic: str) -> tuple[DeletedStatuses, str]:
+        """Every tombstone of the topic, and the key naming that set of tombstone files."""
+        deleted = DeletedStatuses()
+        names = self.tombstone_files(topic)
+        for name in names:
+            for line in self._lines(f"{tombstone_dir(topic, self.root)}/{name}"):
                 tombstone = tombstone_of(line)
                 if tombstone is not None:
                     deleted.add(tombstone)
-        return deleted, newest
+        return deleted, tombstone_key(names)
 
     def _lines(self, path: str) -> list[bytes]:
         with self.client.read(path) as reader:
@@ -156,38 +157,33 @@ class HourlyCompactor:
         """Compact every closed hour of `topic` that is not compacted yet (or changed since)."""
         now = now or datetime.now(UTC)
         watermark = self.watermark(topic, now)
-        deleted, tombstones_ms = self.deleted_statuses(topic)
+        deleted, key = self.deleted_statuses(topic)
         results = []
         for hour in closed_hours(self.hours(topic), watermark, self.grace):
             directory = raw_hour_dir(topic, hour, self.root)
             _files, listing = self.part_files(directory)
-            if self._is_current(listing, tombstones_ms):
+            if self._is_current(listing, key):
                 continue
-            result = self.compact_hour(topic, hour, deleted)
+            result = self.compact_hour(topic, hour, deleted, key)
             if result is not None:
                 results.append(result)
         return results
 
     @staticmethod
-    def _is_current(listing: dict[str, dict[str, int]], tombstones_ms: int) -> bool:
-        """Compacted, and no late file nor newer tombstone arrived since."""
-        success = listing.get(SUCCESS_MARKER)
-        if success is None or COMPACTION_MANIFEST in listing:
+    def _is_current(listing: dict[str, dict[str, int]], key: str) -> bool:
+        """Compacted, and neither a late file nor a new tombstone arrived since."""
+        if SUCCESS_MARKER not in listing or COMPACTION_MANIFEST in listing:
             return False
-        done_ms = int(success["modificationTime"])
-        newest_file = max(
-            (int(st["modificationTime"]) for n, st in listing.items() if PartFile.parse(n)),
-            default=0,
-        )
-        return newest_file <= done_ms and tombstones_ms <= done_ms
+        parts = [name for name in listing if PartFile.parse(name) is not None]
+        return compaction_state(parts, key) in listing
 
     def compact_hour(
-        self, topic: str, hour: datetime, deleted: DeletedStatuses
+        self, topic: str, hour: datetime, deleted: DeletedStatuses, key: str
     ) -> CompactionResult | None:
         directory = raw_hour_dir(topic, hour, self.root)
         manifest_path = f"{directory}/{COMPACTION_MANIFEST}"
         if self.client.status(manifest_path, strict=False) is not None:
-            self._roll_forward(directory, manifest_path)
+            self._roll_forward(directory, manifest_path, key)
         files, _listing = self.part_files(directory)
         if not files:
             return None
@@ -206,7 +202,7 @@ class HourlyCompactor:
             self.client.write(temp, data=encode_part(kept), overwrite=True)
             steps.append({"temp": temp, "output": step.output, "sources": list(step.sources)})
         self._write_manifest(manifest_path, {"steps": steps})
-        self._roll_forward(directory, manifest_path, events)
+        self._roll_forward(directory, manifest_path, key, events)
         files_after, _ = self.part_files(directory)
         log.info(
             "compacted %s %s: %d -> %d files, %d events, %d deleted",
@@ -224,7 +220,9 @@ class HourlyCompactor:
         self.client.write(temp, data=json.dumps(manifest).encode(), overwrite=True)
         self.client.rename(temp, path)
 
-    def _roll_forward(self, directory: str, manifest_path: str, events: int | None = None) -> None:
+    def _roll_forward(
+        self, directory: str, manifest_path: str, key: str, events: int | None = None
+    ) -> None:
         with self.client.read(manifest_path) as reader:
             manifest = json.loads(reader.read())
         for step in manifest["steps"]:
@@ -236,11 +234,16 @@ class HourlyCompactor:
         if events is None:
             files, _ = self.part_files(directory)
             events = sum(len(self._lines(f"{directory}/{f.name}")) for f in files)
-        files, _ = self.part_files(directory)
+        files, listing = self.part_files(directory)
         success = {"events": events, "files": len(files), "bytes": sum(f.size for f in files)}
         self.client.write(
             f"{directory}/{SUCCESS_MARKER}", data=json.dumps(success).encode(), overwrite=True
         )
+        for name in listing:
+            if name.startswith(STATE_MARKER_PREFIX):
+                self.client.delete(f"{directory}/{name}")
+        state = compaction_state([f.name for f in files], key)
+        self.client.write(f"{directory}/{state}", data=b"", overwrite=True)
         self.client.delete(manifest_path)
 
     # ------------------------------------------------------------------ ls, retention
@@ -248,12 +251,13 @@ class HourlyCompactor:
     def summaries(self, topic: str, now: datetime | None = None) -> list[HourSummary]:
         now = now or datetime.now(UTC)
         closed = set(closed_hours(self.hours(topic), self.watermark(topic, now), self.grace))
+        key = tombstone_key(self.tombstone_files(topic))
         result = []
         for hour in self.hours(topic):
             directory = raw_hour_dir(topic, hour, self.root)
             files, listing = self.part_files(directory)
             events: int | None = None
-            if self._is_current(listing, 0):
+            if self._is_current(listing, key):
                 with self.client.read(f"{directory}/{SUCCESS_MARKER}") as reader:
                     events = json.loads(reader.read() or b"{}").get("events")
             if events is None:
@@ -265,7 +269,7 @@ class HourlyCompactor:
                     len(files),
                     sum(f.size for f in files),
                     events,
-                    hour in closed and SUCCESS_MARKER in listing,
+                    hour in closed and self._is_current(listing, key),
                 )
             )
         return result

@@ -91,3 +91,15 @@ def test_deletes_remove_statuses_by_local_id_or_uri_and_keep_themselves() -> Non
     assert not DeletedStatuses().removes(envelope(EventKind.STATUS, "7", None))
     assert tombstone_of(envelope(EventKind.STATUS, "7", None)) is None
     assert tombstone_of(b"not json") is None
+
+
+def test_the_compaction_state_changes_with_a_late_file_or_a_new_tombstone() -> None:
+    from sinks.compaction import STATE_MARKER_PREFIX, compaction_state, tombstone_key
+
+    files = [part_file_name(T, 0, 0, 9), part_file_name(T, 1, 0, 9)]
+    key = tombstone_key(["a", "b"])
+    state = compaction_state(files, key)
+    assert state.startswith(STATE_MARKER_PREFIX)
+    assert compaction_state(list(reversed(files)), tombstone_key(["b", "a"])) == state
+    assert compaction_state([*files, part_file_name(T, 0, 10, 12)], key) != state
+    assert compaction_state(files, tombstone_key(["a", "b", "c"])) != state
