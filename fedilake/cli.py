@@ -210,6 +210,23 @@ def cmd_lake(args: argparse.Namespace) -> int:
             f"{len(rows)} hours, {sum(r.files for r in rows)} files, "
             f"{sum(r.events or 0 for r in rows)} events"
         )
+    elif args.action == "close":
+        if args.day is None:
+            raise ValueError("`fedilake lake close` needs --day YYYY-MM-DD")
+        closure = compactor.close_day(topic, args.day)
+        if not closure.closed:
+            log.error(
+                "%s is not closed yet: watermark %s, hours still open: %s. An hour closes when "
+                "every partition's events are past its end plus %ss, or the partition has "
+                "been idle for %ss.",
+                args.day,
+                f"{closure.watermark:%Y-%m-%dT%H:%M}",
+                ", ".join(f"{h:%H}" for h in closure.open_hours) or "none (the day is not over)",
+                HdfsSinkSettings().close_grace_s,
+                HdfsSinkSettings().idle_after_s,
+            )
+            return 3
+        out(f"{args.day} is closed and compacted")
     elif args.action == "compact":
         for result in compactor.run(topic):
             out(
@@ -358,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sink)
 
     p = sub.add_parser("lake", help="the HDFS lake: list, compact closed hours, retention")
-    p.add_argument("action", choices=["ls", "compact", "retain"])
+    p.add_argument("action", choices=["ls", "compact", "close", "retain"])
+    p.add_argument("--day", type=_day, help="close: the UTC day that must be closed")
     p.add_argument("--topic", help="default: the events topic")
     p.add_argument("--days", type=int, help="retain: keep this many days")
     p.add_argument("--apply", action="store_true", help="retain: really delete (default: dry run)")

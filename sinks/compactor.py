@@ -58,6 +58,14 @@ class HourSummary:
 
 
 @dataclass(frozen=True)
+class DayClosure:
+    day: date
+    closed: bool
+    watermark: datetime
+    open_hours: tuple[datetime, ...]
+
+
+@dataclass(frozen=True)
 class CompactionResult:
     hour: datetime
     files_before: int
@@ -245,6 +253,23 @@ class HourlyCompactor:
         state = compaction_state([f.name for f in files], key)
         self.client.write(f"{directory}/{state}", data=b"", overwrite=True)
         self.client.delete(manifest_path)
+
+    def close_day(self, topic: str, day: date, now: datetime | None = None) -> DayClosure:
+        """Compact what is closed, then say whether all of `day` is closed and compacted:
+        what the nightly batch must wait for before it reads the day."""
+        now = now or datetime.now(UTC)
+        self.run(topic, now)
+        watermark = self.watermark(topic, now)
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        key = tombstone_key(self.tombstone_files(topic))
+        open_hours = []
+        for hour in self.hours(topic):
+            if start <= hour < start + timedelta(days=1):
+                _files, listing = self.part_files(raw_hour_dir(topic, hour, self.root))
+                if not self._is_current(listing, key):
+                    open_hours.append(hour)
+        day_over = start + timedelta(days=1) + self.grace <= watermark
+        return DayClosure(day, day_over and not open_hours, watermark, tuple(open_hours))
 
     # ------------------------------------------------------------------ ls, retention
 

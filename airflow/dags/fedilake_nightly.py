@@ -80,4 +80,13 @@ with DAG(
         day = partition_day(logical_date, data_interval_start)
         return shlex.join([fedilake_executable(), "batch", "hashtags", "--day", day.isoformat()])
 
-    recount_hashtags()
+    @task.bash(task_id="close_day")
+    def close_day(
+        logical_date: datetime | None = None, data_interval_start: datetime | None = None
+    ) -> str:
+        """Compact the day's closed hours; fail (and be retried) until the whole day is closed,
+        so the recount never reads files that compaction is about to replace."""
+        day = partition_day(logical_date, data_interval_start)
+        return shlex.join([fedilake_executable(), "lake", "close", "--day", day.isoformat()])
+
+    close_day() >> recount_hashtags()

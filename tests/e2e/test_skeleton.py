@@ -92,8 +92,8 @@ def test_live_batch_and_ground_truth_agree(
             "FEDILAKE_PROCESSOR_DATA_DIR": str(tmp_path / "faust"),
         },
     )
-    # Compaction stays off here: it would merge files under the running batch job's feet
-    # (the nightly DAG reads closed, compacted days; see the lake tests for compaction).
+    # The sink does not compact on its own here: the DAG's close_day task does it, before
+    # the recount reads the day.
     daemons(
         "sink",
         "sink",
@@ -148,11 +148,15 @@ def test_live_batch_and_ground_truth_agree(
             **os.environ,
             "FEDILAKE_BIN": str(Path(sys.executable).parent / "fedilake"),
             "FEDILAKE_DAG_RETRIES": "0",
+            # The day is long past and the pipeline has drained: partitions idle for a
+            # few seconds follow the wall clock, so the day counts as closed.
+            "FEDILAKE_SINK_IDLE_AFTER_S": "1",
+            "FEDILAKE_SINK_CLOSE_GRACE_S": "0",
         },
         airflow_home=tmp_path / "airflow",
     )
     assert result.succeeded, result.output_tail
-    assert result.task_states == {"recount_hashtags": "success"}
+    assert result.task_states == {"close_day": "success", "recount_hashtags": "success"}
 
     live, batch = live_and_batch(day)
     assert live == truth

@@ -38,12 +38,13 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fake_fedilake(directory: Path, *, exit_code: int = 0) -> tuple[Path, Path]:
-    """A stand-in `fedilake` that records its argv (one per line) and one FEDILAKE_ setting."""
+    """A stand-in `fedilake` that records each call's argv (one per line, a `--` line after each
+    call) and one FEDILAKE_ setting."""
     record = directory / "argv.txt"
     script = directory / "fake-fedilake"
     script.write_text(
         "#!/bin/sh\n"
-        f"printf '%s\\n' \"$@\" > '{record}'\n"
+        f"printf '%s\\n' \"$@\" -- >> '{record}'\n"
         f"printf '%s\\n' \"$FEDILAKE_TEST_MARKER\" > '{record}.env'\n"
         f"exit {exit_code}\n"
     )
@@ -103,9 +104,14 @@ def test_nightly_run_recounts_the_day_of_its_logical_date(
     )
 
     assert result.returncode == 0, result.output_tail
-    assert result.task_states == {"recount_hashtags": "success"}, result.output_tail
+    assert result.task_states == {"close_day": "success", "recount_hashtags": "success"}, (
+        result.output_tail
+    )
     assert result.succeeded
-    assert record.read_text().splitlines() == ["batch", "hashtags", "--day", "2026-11-20"]
+    assert record.read_text().splitlines() == [
+        *["lake", "close", "--day", "2026-11-20", "--"],
+        *["batch", "hashtags", "--day", "2026-11-20", "--"],
+    ]
     assert Path(f"{record}.env").read_text().strip() == "passed-through"
 
 
@@ -127,7 +133,13 @@ def test_airflow_variable_takes_precedence_over_env(
     )
 
     assert result.succeeded, result.output_tail
-    assert record.read_text().splitlines() == ["batch", "hashtags", "--day", "2026-11-22"]
+    assert record.read_text().splitlines()[-5:] == [
+        "batch",
+        "hashtags",
+        "--day",
+        "2026-11-22",
+        "--",
+    ]
     assert not bad_record.exists()
 
 
@@ -144,7 +156,9 @@ def test_failing_fedilake_fails_the_task(
         venv_dir=airflow_venv,
     )
 
-    assert record.read_text().splitlines() == ["batch", "hashtags", "--day", "2026-11-21"]
+    # A day that is not closed yet fails the first task, and the recount never runs.
+    assert record.read_text().splitlines() == ["lake", "close", "--day", "2026-11-21", "--"]
     assert result.returncode != 0
-    assert result.task_states == {"recount_hashtags": "failed"}, result.output_tail
+    assert result.task_states["close_day"] == "failed", result.output_tail
+    assert result.task_states["recount_hashtags"] != "success", result.output_tail
     assert not result.succeeded
