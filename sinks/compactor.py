@@ -9,10 +9,8 @@ on the next run; running it again on a compacted hour changes nothing.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
-import posixpath
 import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -149,15 +147,11 @@ class HourlyCompactor:
         deleted = DeletedStatuses()
         names = self.tombstone_files(topic)
         for name in names:
-            for line in self._lines(f"{tombstone_dir(topic, self.root)}/{name}"):
+            for line in self.writer.read_lines(f"{tombstone_dir(topic, self.root)}/{name}"):
                 tombstone = tombstone_of(line)
                 if tombstone is not None:
                     deleted.add(tombstone)
         return deleted, tombstone_key(names)
-
-    def _lines(self, path: str) -> list[bytes]:
-        with self.client.read(path) as reader:
-            return gzip.decompress(reader.read()).splitlines()
 
     # ------------------------------------------------------------------ compaction
 
@@ -200,7 +194,7 @@ class HourlyCompactor:
         for step in plan_merges(files, self.target_bytes):
             lines: list[bytes] = []
             for source in step.sources:  # offset order: plan_merges sorts them
-                lines.extend(self._lines(f"{directory}/{source}"))
+                lines.extend(self.writer.read_lines(f"{directory}/{source}"))
             kept = [line for line in lines if not deleted.removes(line)]
             events += len(kept)
             dropped += len(lines) - len(kept)
@@ -209,7 +203,7 @@ class HourlyCompactor:
             temp = f"{directory}/.{step.output}.compacting"
             self.client.write(temp, data=encode_part(kept), overwrite=True)
             steps.append({"temp": temp, "output": step.output, "sources": list(step.sources)})
-        self._write_manifest(manifest_path, {"steps": steps})
+        self.writer.write_atomically(manifest_path, json.dumps({"steps": steps}).encode())
         self._roll_forward(directory, manifest_path, key, events)
         files_after, _ = self.part_files(directory)
         log.info(
@@ -223,11 +217,6 @@ class HourlyCompactor:
         )
         return CompactionResult(hour, len(files), len(files_after), events, dropped)
 
-    def _write_manifest(self, path: str, manifest: dict[str, object]) -> None:
-        temp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".tmp")
-        self.client.write(temp, data=json.dumps(manifest).encode(), overwrite=True)
-        self.client.rename(temp, path)
-
     def _roll_forward(
         self, directory: str, manifest_path: str, key: str, events: int | None = None
     ) -> None:
@@ -239,10 +228,9 @@ class HourlyCompactor:
             for source in step["sources"]:
                 self.client.delete(f"{directory}/{source}")
             self.client.rename(step["temp"], f"{directory}/{step['output']}")
-        if events is None:
-            files, _ = self.part_files(directory)
-            events = sum(len(self._lines(f"{directory}/{f.name}")) for f in files)
         files, listing = self.part_files(directory)
+        if events is None:  # rolled forward after a crash: count what is there now
+            events = sum(len(self.writer.read_lines(f"{directory}/{f.name}")) for f in files)
         success = {"events": events, "files": len(files), "bytes": sum(f.size for f in files)}
         self.client.write(
             f"{directory}/{SUCCESS_MARKER}", data=json.dumps(success).encode(), overwrite=True
@@ -286,7 +274,7 @@ class HourlyCompactor:
                 with self.client.read(f"{directory}/{SUCCESS_MARKER}") as reader:
                     events = json.loads(reader.read() or b"{}").get("events")
             if events is None:
-                events = sum(len(self._lines(f"{directory}/{f.name}")) for f in files)
+                events = sum(len(self.writer.read_lines(f"{directory}/{f.name}")) for f in files)
             result.append(
                 HourSummary(
                     topic,

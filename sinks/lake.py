@@ -126,7 +126,7 @@ class LakeWriter:
             "newest_event": format_time(buffer.newest_event) if buffer.newest_event else None,
             "files": moves,
         }
-        self._write_atomically(manifest_path, json.dumps(manifest).encode())
+        self.write_atomically(manifest_path, json.dumps(manifest).encode())
         self._rename_all(moves)
         self._prune_manifests(topic, partition, keep=buffer.last)
 
@@ -139,9 +139,13 @@ class LakeWriter:
         for hour in self.client.list(day_dir):
             for name in self.client.list(f"{day_dir}/{hour}"):
                 if PartFile.parse(name) is not None:
-                    with self.client.read(f"{day_dir}/{hour}/{name}") as reader:
-                        count += len(gzip.decompress(reader.read()).splitlines())
+                    count += len(self.read_lines(f"{day_dir}/{hour}/{name}"))
         return count
+
+    def read_lines(self, path: str) -> list[bytes]:
+        """The JSON lines of one gzip part file."""
+        with self.client.read(path) as reader:
+            return gzip.decompress(reader.read()).splitlines()
 
     def recover(self, topic: str, partition: int) -> int | None:
         """Finish the latest flush if a crash interrupted it; return the next offset to read."""
@@ -184,10 +188,11 @@ class LakeWriter:
                 continue  # renamed already, and since merged away by compaction
             self.client.rename(temp, final)
 
-    def _write_atomically(self, path: str, data: bytes) -> None:
+    def write_atomically(self, path: str, data: bytes) -> None:
+        """Readers see the old file or the whole new one, never a part (temp, then rename)."""
         temp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".tmp")
         self.client.write(temp, data=data, overwrite=True)
-        self.client.delete(path)  # present only when a failed flush is being retried
+        self.client.delete(path)  # present only when a failed write is being retried
         self.client.rename(temp, path)
 
     def _prune_manifests(self, topic: str, partition: int, keep: int) -> None:
