@@ -83,7 +83,7 @@ def baseline_bytes(events: int, day: date, seed: int, spread_s: float = 86000) -
 
 def bare_producer_rate(kafka: KafkaSettings, payloads: list[bytes]) -> StageResult:
     """kafka-python with the streamer's producer settings, sending the same bytes, nothing else."""
-    from streamer.publisher import make_producer
+    from streamer.delivery import make_producer
 
     ensure_topics(kafka, [BASELINE_TOPIC])
     producer: KafkaProducer = make_producer(kafka)

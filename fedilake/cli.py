@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import signal
 import sys
@@ -27,7 +26,17 @@ from fedilake.stack.errors import StackError
 
 log = logging.getLogger("fedilake")
 
-QUIET_LOGGERS = ("kafka", "aiokafka", "urllib3", "faust", "mode", "hdfs", "happybase", "thriftpy2")
+QUIET_LOGGERS = (
+    "kafka",
+    "aiokafka",
+    "urllib3",
+    "faust",
+    "mode",
+    "hdfs",
+    "happybase",
+    "thriftpy2",
+    "websocket",
+)
 
 
 def configure_logging(verbose: bool) -> None:
@@ -137,20 +146,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from streamer.listener import StreamListener, run_streamer
-    from streamer.publisher import EventPublisher, make_producer
+    from streamer.daemon import Streamer
+    from streamer.sources import configured_sources
 
     settings = StreamerSettings()
-    if settings.token() is None and "127.0.0.1" in settings.instance_url:
+    if (
+        settings.access_token is None
+        and settings.access_token_file is None
+        and not settings.sources_file
+        and "127.0.0.1" in (settings.sources or settings.instance_url)
+    ):
         # The embedded simulator's well-known token (not a secret): the default run needs none.
-        settings = StreamerSettings(access_token=SimulatorSettings().token)
-    publisher = EventPublisher(make_producer(KafkaSettings()))
-    listener = StreamListener(settings, publisher)
-    # A silent stream blocks in recv(); the signal interrupts it, run_streamer still flushes.
-    on_sigterm(listener.stop, interrupt=True)
-    with contextlib.suppress(Interrupted):
-        run_streamer(listener, publisher)
-    return 0
+        settings = settings.model_copy(update={"access_token": SimulatorSettings().token})
+    # A bad sources configuration is a ValueError: main() prints it without a traceback.
+    streamer = Streamer(settings, KafkaSettings(), configured_sources(settings))
+    on_sigterm(streamer.stop_requested.set)
+    streamer.start()
+    try:
+        status = streamer.wait()
+    finally:
+        streamer.stop()
+    return status
 
 
 def cmd_process(args: argparse.Namespace) -> int:
@@ -317,11 +333,13 @@ def _day(text: str) -> date:
 
 def _unreachable_service(exc: BaseException) -> str | None:
     """A person-sized name for a connection failure to one of the services, else None."""
-    from kafka.errors import KafkaConnectionError, NoBrokersAvailable
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
     from requests import ConnectionError as HttpConnectionError
     from thriftpy2.transport import TTransportException
 
-    if isinstance(exc, NoBrokersAvailable | KafkaConnectionError):
+    if isinstance(exc, KafkaConnectionError) or (
+        isinstance(exc, KafkaTimeoutError) and "bootstrap" in str(exc)
+    ):
         return f"cannot reach Kafka at {KafkaSettings().bootstrap_servers}"
     if isinstance(exc, TTransportException):
         hbase = HBaseSettings()

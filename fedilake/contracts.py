@@ -11,6 +11,8 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
+from kafka.partitioner.default import murmur2
+
 # --------------------------------------------------------------------------- Kafka
 
 
@@ -30,6 +32,25 @@ class Topics:
     @classmethod
     def all(cls) -> tuple[TopicSpec, ...]:
         return (cls.EVENTS, cls.DEAD_LETTER)
+
+    @classmethod
+    def named(cls, name: str) -> TopicSpec:
+        for spec in cls.all():
+            if spec.name == name:
+                return spec
+        raise KeyError(f"not a fedilake topic: {name}")
+
+
+# Messages larger than Kafka's 1 MB default are accepted (a status with a huge payload
+# still reaches the dead-letter topic whole); producers and topics agree on this limit.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def partition_for(key: bytes | None, spec: TopicSpec) -> int:
+    """The partition a key belongs to: Kafka's own murmur2 rule, so every client agrees."""
+    if key is None:
+        return 0
+    return (murmur2(key) & 0x7FFFFFFF) % spec.partitions
 
 
 # --------------------------------------------------------------------------- envelope

@@ -71,6 +71,8 @@ def cli_processes(workdir: Path) -> Iterator[Callable[..., subprocess.Popen[byte
     started: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        # A streamer's memory (spool, seen uris, checkpoints) belongs to this run only.
+        env = {"FEDILAKE_STREAMER_STATE_DIR": str(workdir / "streamer-state"), **(env or {})}
         process = spawn_cli(args, workdir / f"{name}.log", env)
         started.append(process)
         return process

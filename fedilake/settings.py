@@ -77,7 +77,15 @@ class HdfsSettings(BaseSettings):
 
 
 class SimulatorSettings(BaseSettings):
-    """The local Mastodon-compatible server (`fedilake simulate`)."""
+    """The local Mastodon-compatible server (`fedilake simulate`).
+
+    `instances` simulated instances listen on `port`, `port + 1`, ... (each on a free
+    port when `port` is 0). `events` counts every stream event emitted (new statuses,
+    boosts, edits, deletes); faults and duplicates come on top. The shares are of
+    emitted events and default to 0, as do the faults: the default run is one
+    instance streaming new statuses only. `faults` is a plan for unattended runs,
+    `drop=N,stall=N,malformed=N,duplicate=N`, each action spread evenly over `events`.
+    """
 
     model_config = _config("FEDILAKE_SIMULATOR_")
 
@@ -91,25 +99,69 @@ class SimulatorSettings(BaseSettings):
     start: str | None = None
     spread_s: float = 0.0
     ground_truth_file: Path | None = None
+    instances: int = Field(default=1, ge=1, le=64)
+    federation_share: float = Field(
+        default=0.0, ge=0, le=1, description="chance a status also reaches each other instance"
+    )
+    edit_share: float = Field(default=0.0, ge=0, lt=1, description="share of edit events")
+    delete_share: float = Field(default=0.0, ge=0, lt=1, description="share of delete events")
+    reblog_share: float = Field(default=0.0, ge=0, lt=1, description="share of boosts")
+    faults: str | None = Field(default=None, description="e.g. drop=2,stall=1,malformed=3")
+    stall_s: float = Field(default=15.0, gt=0, description="how long a planned stall lasts")
+    rate_limit: int = Field(default=300, ge=1, description="REST requests per token per window")
+    rate_limit_window_s: float = Field(default=300.0, gt=0)
+    timeline_limit: int = Field(
+        default=20000, ge=1, description="newest statuses each instance keeps for REST reads"
+    )
+    expected_limit: int = Field(
+        default=200000, ge=0, description="events listed in the ground truth's `expected`"
+    )
 
 
 class StreamerSettings(BaseSettings):
-    """The Mastodon listener (`fedilake stream`)."""
+    """The Mastodon listener (`fedilake stream`).
+
+    Sources: one instance and stream (`instance_url`, `stream`, `transport`), or many
+    through `sources` (`URL|STREAM|TRANSPORT, ...`) or a YAML `sources_file` that can
+    give each instance its own token. Tokens come from `access_token` or
+    `access_token_file` (the default for every instance) and are never printed.
+    """
 
     model_config = _config("FEDILAKE_STREAMER_")
 
     instance_url: str = "http://127.0.0.1:8765"
     stream: str = "public"
+    transport: str = "sse"
+    sources: str | None = None
+    sources_file: Path | None = None
     access_token: SecretStr | None = None
     access_token_file: Path | None = None
-    reconnect_max_s: float = 30.0
+    state_dir: Path = REPO_ROOT / ".fedilake" / "streamer"
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    stall_timeout_s: float = Field(
+        default=60.0, gt=0, description="no data and no heartbeat for this long: reconnect"
+    )
+    backfill_max_pages: int = Field(default=100, ge=0, description="0 disables gap backfill")
+    backfill_page_size: int = Field(default=40, ge=1, le=40)
+    backfill_overlap_s: float = Field(
+        default=60.0, ge=0, description="re-read this much before a checkpoint (late federation)"
+    )
+    dedup_window_s: float = Field(default=48 * 3600.0, gt=0)
+    max_event_bytes: int = Field(default=1 << 20, gt=0)
+    spool_max_bytes: int = Field(default=1 << 30, gt=0)
+    spool_sync_interval_s: float = Field(default=0.05, gt=0)
+    optout_policy: str = Field(
+        default="anonymize", description="anonymize | drop | keep, for opted-out accounts"
+    )
+    refresh_ages_s: str = Field(
+        default="3600,86400", description="re-fetch each status at these ages; empty disables"
+    )
+    refresh_share: float = Field(
+        default=0.5, gt=0, le=1, description="at most this share of an instance's rate limit"
+    )
 
-    def token(self) -> str | None:
-        if self.access_token is not None:
-            return self.access_token.get_secret_value()
-        if self.access_token_file is not None:
-            return self.access_token_file.read_text().strip()
-        return None
+    def refresh_ages(self) -> tuple[float, ...]:
+        return tuple(sorted(float(a) for a in self.refresh_ages_s.split(",") if a.strip()))
 
 
 class ProcessorSettings(BaseSettings):

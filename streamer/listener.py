@@ -1,57 +1,30 @@
-"""The Mastodon listener: discovers the streaming host, reads the SSE stream, publishes every event."""
+"""One source's listener: find the streaming host, read the stream, backfill every gap, reconnect."""
 
 from __future__ import annotations
 
 import logging
 import random
 import threading
-import time
-from datetime import UTC, datetime
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 from mastodon import Mastodon
 from mastodon.errors import MastodonError
 
-from fedilake.settings import StreamerSettings
-
-from .envelopes import MalformedEvent, wrap_event
-from .publisher import EventPublisher
-from .sse import Heartbeat, SseEvent, SseParser
+from .backfill import GapBackfiller
+from .ingest import IngestClosed, Ingestor
+from .ratelimit import RateLimit
+from .sources import Source, SourceConfigError
+from .sse import Heartbeat, StreamEvent, Unreadable
+from .transports import (
+    StreamAuthError,
+    StreamConnection,
+    http_base,
+    open_connection,
+)
 
 log = logging.getLogger(__name__)
 
-STREAM_PATHS = {
-    "public": "/api/v1/streaming/public",
-    "public:local": "/api/v1/streaming/public/local",
-    "public:remote": "/api/v1/streaming/public/remote",
-    "user": "/api/v1/streaming/user",
-    "user:notification": "/api/v1/streaming/user/notification",
-}
-
-
-class StreamAuthError(Exception):
-    """The instance refused our token; retrying will not help."""
-
-
-def stream_path(stream: str) -> str:
-    if stream in STREAM_PATHS:
-        return STREAM_PATHS[stream]
-    kind, _, arg = stream.partition(":")
-    if kind == "hashtag" and arg:
-        tag, _, local = arg.partition(":")
-        suffix = "/local" if local == "local" else ""
-        return f"/api/v1/streaming/hashtag{suffix}?tag={quote(tag, safe='')}"
-    if kind == "list" and arg:
-        return f"/api/v1/streaming/list?list={quote(arg, safe='')}"
-    raise ValueError(f"unknown stream {stream!r}; known: {', '.join(STREAM_PATHS)}, hashtag:TAG")
-
-
-def http_base(streaming_url: str) -> str:
-    """Mastodon reports its streaming host as ws(s)://; SSE speaks http(s) to the same place."""
-    parts = urlsplit(streaming_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+__all__ = ["StreamAuthError", "StreamListener", "discover_streaming_base", "http_base"]
 
 
 def discover_streaming_base(instance_url: str, token: str | None) -> str:
@@ -63,6 +36,10 @@ def discover_streaming_base(instance_url: str, token: str | None) -> str:
         raise ConnectionError(
             f"cannot read the instance document of {instance_url}: {exc}"
         ) from exc
+    except RecursionError:
+        # Mastodon.py 2.3.3 recurses without end in its version check when the instance
+        # cannot be reached at all (retrieve_mastodon_version <-> verify_minimum_version).
+        raise ConnectionError(f"cannot reach {instance_url}") from None
     urls = info.get("urls") or {}
     streaming = urls.get("streaming_api") if isinstance(urls, dict) else None
     if not streaming:
@@ -74,114 +51,121 @@ def discover_streaming_base(instance_url: str, token: str | None) -> str:
 
 
 class StreamListener:
-    """One (instance, stream) pair, read as server-sent events and reconnected with backoff."""
+    """Reads one (instance, stream) until stopped.
+
+    After every (re)connection it first backfills from the source's checkpoint, with the
+    stream already open so nothing falls between the two; the ingestor drops what both
+    delivered. A stall (no byte and no heartbeat within `stall_timeout_s`) counts as a
+    drop. Reconnects back off exponentially with full jitter.
+    """
 
     def __init__(
         self,
-        settings: StreamerSettings,
-        publisher: EventPublisher,
+        source: Source,
+        ingestor: Ingestor,
+        backfiller: GapBackfiller,
+        rate_limit: RateLimit,
+        *,
+        stall_timeout_s: float,
+        reconnect_max_s: float,
         session: requests.Session | None = None,
-        stall_timeout_s: float = 60.0,
     ) -> None:
-        self.settings = settings
-        self.publisher = publisher
-        self.session = session or requests.Session()
+        self.source = source
+        self.ingestor = ingestor
+        self.backfiller = backfiller
+        self.rate_limit = rate_limit
         self.stall_timeout_s = stall_timeout_s
+        self.reconnect_max_s = reconnect_max_s
+        self.session = session or requests.Session()
         self.stop_requested = threading.Event()
-        self._token = settings.token()
+        self.connections = 0
+        self.backfilled = 0
+        self.error: BaseException | None = None
+        self._connection: StreamConnection | None = None
 
     def run(self) -> None:
-        path = stream_path(self.settings.stream)  # an unknown stream fails here, at once
-        url: str | None = None
+        try:
+            self._run()
+        except (StreamAuthError, SourceConfigError) as exc:
+            self.error = exc
+            log.error("%s", exc)
+        except IngestClosed:
+            pass
+
+    def _run(self) -> None:
+        base: str | None = None
         backoff = 1.0
         while not self.stop_requested.is_set():
             try:
-                if url is None:  # an instance that is down at start is retried like a drop
-                    url = discover_streaming_base(self.settings.instance_url, self._token) + path
-                self._read(url)
+                token = self.source.token.read()
+                if base is None:  # an instance that is down at start is retried like a drop
+                    base = discover_streaming_base(self.source.instance_url, token)
+                self._connection = open_connection(
+                    self.source, base, token, self.stall_timeout_s, self.session
+                )
+                self.connections += 1
+                log.info("connected to %s", self.source)
                 backoff = 1.0
-            except StreamAuthError:
+                self._backfill(token)
+                self._read(self._connection)
+            except (StreamAuthError, SourceConfigError, IngestClosed):
                 raise
-            except (requests.RequestException, OSError) as exc:
-                log.warning("stream %s interrupted: %s", self._where(), exc.__class__.__name__)
+            except (requests.RequestException, OSError, ConnectionError) as exc:
+                if not self.stop_requested.is_set():
+                    log.warning("stream %s interrupted: %s", self.source, _reason(exc))
+            finally:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
             if self.stop_requested.is_set():
                 break
-            delay = random.uniform(0.5, 1.0) * backoff
-            log.info("reconnecting to %s in %.1fs", self._where(), delay)
+            delay = random.uniform(0.0, backoff)  # full jitter: many sources don't stampede
+            log.info("reconnecting to %s in %.1fs", self.source, delay)
             self.stop_requested.wait(delay)
-            backoff = min(backoff * 2, self.settings.reconnect_max_s)
+            backoff = min(backoff * 2, self.reconnect_max_s)
+
+    def _backfill(self, token: str | None) -> None:
+        checkpoint = self.ingestor.state_checkpoint(self.source)
+        if checkpoint is None or self.backfiller.max_pages == 0:
+            return
+        fetched = published = 0
+        for event in self.backfiller.events(self.source, token, checkpoint, self.rate_limit):
+            fetched += 1
+            if self.ingestor.offer(self.source, event, backfilled=True) == "published":
+                published += 1
+        self.backfilled += published
+        if fetched:
+            log.info(
+                "backfilled %s from id %s: %d fetched, %d were missing",
+                self.source,
+                checkpoint,
+                fetched,
+                published,
+            )
+
+    def _read(self, connection: StreamConnection) -> None:
+        where = str(self.source)
+        for item in connection.items():
+            if isinstance(item, StreamEvent):
+                self.ingestor.offer(self.source, item)
+            elif isinstance(item, Unreadable):
+                self.ingestor.dead_letter(item.reason, item.raw, where)
+            elif isinstance(item, Heartbeat):
+                pass
+            if self.stop_requested.is_set():
+                return
+        raise ConnectionError("the server ended the stream")
 
     def stop(self) -> None:
-        """Ask the listener to stop; it notices at the next line or heartbeat.
-
-        The CLI also interrupts a read blocked on a silent stream (see `fedilake stream`).
-        """
+        """Stop soon: the open connection is closed under the reader's feet."""
         self.stop_requested.set()
-
-    def _where(self) -> str:
-        return f"{self.settings.instance_url} ({self.settings.stream})"
-
-    def _read(self, url: str) -> None:
-        headers = {"Accept": "text/event-stream"}
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        with self.session.get(
-            url, headers=headers, stream=True, timeout=(10, self.stall_timeout_s)
-        ) as response:
-            if response.status_code in (401, 403):
-                raise StreamAuthError(
-                    f"{self.settings.instance_url} refused the access token "
-                    f"(HTTP {response.status_code}) for stream {self.settings.stream!r}: "
-                    "it needs a user token with the read:statuses scope "
-                    "(FEDILAKE_STREAMER_ACCESS_TOKEN or FEDILAKE_STREAMER_ACCESS_TOKEN_FILE)"
-                )
-            response.raise_for_status()
-            log.info("connected to %s", self._where())
-            parser = SseParser()
-            for line in response.iter_lines(chunk_size=64 * 1024):
-                if self.stop_requested.is_set():
-                    return
-                item = parser.feed(line)
-                if isinstance(item, SseEvent):
-                    self._handle(item)
-                elif isinstance(item, Heartbeat):
-                    continue
-
-    def _handle(self, item: SseEvent) -> None:
-        try:
-            envelope = wrap_event(
-                item.event,
-                item.data,
-                instance=self.settings.instance_url,
-                stream=self.settings.stream,
-                received_at=datetime.now(UTC),
-            )
-        except MalformedEvent as exc:
-            self.publisher.dead_letter(str(exc), item.data, self._where())
-            return
-        self.publisher.publish(envelope)
+        connection = self._connection
+        if connection is not None:
+            connection.close()
 
 
-def run_streamer(listener: StreamListener, publisher: EventPublisher) -> None:
-    """Run until stopped; always flush what was sent."""
-    reporter = threading.Thread(target=_report, args=(listener, publisher), daemon=True)
-    reporter.start()
-    try:
-        listener.run()
-    finally:
-        publisher.close()
-        log.info(
-            "streamer stopped: %d published, %d dead-lettered, %d failed",
-            publisher.published,
-            publisher.dead_lettered,
-            publisher.failed,
-        )
-
-
-def _report(listener: StreamListener, publisher: EventPublisher, every_s: float = 10.0) -> None:
-    last, last_t = 0, time.monotonic()
-    while not listener.stop_requested.wait(every_s):
-        now = time.monotonic()
-        rate = (publisher.published - last) / (now - last_t)
-        last, last_t = publisher.published, now
-        log.info("published %d events (%.0f/s)", publisher.published, rate)
+def _reason(exc: BaseException) -> str:
+    # Exception texts of requests can carry the URL; ours never has the token in it,
+    # but a user's instance URL might, so only the class and a short text are logged.
+    text = str(exc).split("\n")[0][:200]
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__

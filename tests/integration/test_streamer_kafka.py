@@ -8,43 +8,37 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer
 
 from fedilake.contracts import Envelope, EventKind, Topics
+from fedilake.kafka_topics import read_since
 from fedilake.settings import KafkaSettings, SimulatorSettings, StreamerSettings
 from fedilake.stack.control import LocalStack
-from streamer.listener import StreamAuthError, StreamListener, run_streamer
-from streamer.publisher import EventPublisher, make_producer
+from streamer.daemon import Streamer
 from streamer.simulator import start_simulator
+from streamer.sources import configured_sources
+from streamer.transports import StreamAuthError
 
 pytestmark = pytest.mark.integration
 
 
 def read_topic(topic: str, match: Any, expected: int, timeout_s: float = 30) -> list[bytes]:
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=KafkaSettings().bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=3000,
-    )
-    found: list[bytes] = []
+    """The values of `topic` written since this test module started that `match`."""
     deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            for record in consumer:
-                if match(record.value):
-                    found.append(record.value)
-            if len(found) >= expected:
-                break
-    finally:
-        consumer.close()
-    return found
+    while True:
+        found = [r.value for r in read_since(KafkaSettings(), topic, STARTED_MS) if match(r.value)]
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+STARTED_MS = int(time.time() * 1000) - 1000
 
 
 @pytest.fixture
@@ -59,22 +53,34 @@ def simulator() -> Iterator[Any]:
     loop.call_soon_threadsafe(loop.stop)
 
 
+@contextmanager
+def running_streamer(state_dir: Path, **settings: Any) -> Iterator[Streamer]:
+    """An in-process streamer with its own state directory, stopped (and drained) at exit."""
+    config = StreamerSettings(state_dir=state_dir, stall_timeout_s=10, **settings)
+    streamer = Streamer(config, KafkaSettings(), configured_sources(config))
+    streamer.start()
+    try:
+        yield streamer
+    finally:
+        streamer.stop()
+
+
+def wait_until(what: str, condition: Callable[[], Any], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
 def test_every_simulated_event_reaches_kafka_exactly_once(
-    stack: LocalStack, simulator: Any
+    stack: LocalStack, simulator: Any, tmp_path: Path
 ) -> None:
-    settings = StreamerSettings(instance_url=simulator.url, access_token=SimulatorSettings().token)
-    publisher = EventPublisher(make_producer(KafkaSettings()))
-    listener = StreamListener(settings, publisher)
-    thread = threading.Thread(target=run_streamer, args=(listener, publisher))
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not simulator.done and time.monotonic() < deadline:
-        time.sleep(0.2)
-    while publisher.published < 500 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    listener.stop()
-    thread.join(60)
-    assert simulator.done and publisher.published == 500 and publisher.failed == 0
+    with running_streamer(
+        tmp_path, instance_url=simulator.url, access_token=SimulatorSettings().token
+    ) as streamer:
+        wait_until("the simulator", lambda: simulator.done)
+        wait_until("500 events in Kafka", lambda: streamer.delivery.acked >= 500)
+    assert streamer.ingestor.counts["published"] == 500
 
     def ours(value: bytes) -> bool:
         return json.loads(value)["instance"] == simulator.url
@@ -138,20 +144,13 @@ def malformed_server() -> Iterator[tuple[str, str]]:
 
 
 def test_malformed_events_go_to_the_dead_letter_topic_and_the_stream_goes_on(
-    stack: LocalStack, malformed_server: tuple[str, str]
+    stack: LocalStack, malformed_server: tuple[str, str], tmp_path: Path
 ) -> None:
     url, marker = malformed_server
-    publisher = EventPublisher(make_producer(KafkaSettings()))
-    listener = StreamListener(StreamerSettings(instance_url=url, access_token="good"), publisher)
-    thread = threading.Thread(target=listener.run)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while publisher.published < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    listener.stop()
-    thread.join(30)
-    publisher.close()
-    assert (publisher.published, publisher.dead_lettered) == (1, 1)
+    with running_streamer(tmp_path, instance_url=url, access_token="good") as streamer:
+        wait_until("both events in Kafka", lambda: streamer.delivery.acked >= 2, 30)
+    assert streamer.ingestor.counts["published"] == 1
+    assert streamer.ingestor.counts["dead-lettered"] == 1
 
     [record] = read_topic(Topics.DEAD_LETTER.name, lambda v: marker.encode() in v, 1)
     doc = json.loads(record)
@@ -162,15 +161,15 @@ def test_malformed_events_go_to_the_dead_letter_topic_and_the_stream_goes_on(
 
 
 def test_a_refused_token_is_a_clear_error_naming_the_instance(
-    stack: LocalStack, malformed_server: tuple[str, str]
+    stack: LocalStack,
+    malformed_server: tuple[str, str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     url, _ = malformed_server
-    publisher = EventPublisher(make_producer(KafkaSettings()))
-    listener = StreamListener(
-        StreamerSettings(instance_url=url, access_token="s3cret-wrong"), publisher
-    )
-    with pytest.raises(StreamAuthError) as refused:
-        listener.run()
-    publisher.close()
-    assert url in str(refused.value) and "read:statuses" in str(refused.value)
-    assert "s3cret-wrong" not in str(refused.value)
+    with running_streamer(tmp_path, instance_url=url, access_token="s3cret-wrong") as streamer:
+        assert streamer.wait() == 2  # every source refused: the daemon gives up
+    error = streamer.listeners[0].error
+    assert isinstance(error, StreamAuthError)
+    assert url in str(error) and "read:statuses" in str(error)
+    assert "s3cret-wrong" not in str(error) and "s3cret-wrong" not in caplog.text

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from streamer.sse import Heartbeat, SseEvent, SseParser
+from streamer.sse import Heartbeat, SseParser, StreamEvent, StreamItem, Unreadable
 
 STATUS = b'{"id":"1","uri":"https://example.social/users/a/statuses/1","content":"caf\xc3\xa9"}'
 
 
-def _feed(lines: Iterable[bytes], parser: SseParser | None = None) -> list[SseEvent | Heartbeat]:
+def _feed(lines: Iterable[bytes], parser: SseParser | None = None) -> list[StreamItem]:
     parser = parser or SseParser()
     return [item for line in lines if (item := parser.feed(line)) is not None]
 
 
-def _events(items: list[SseEvent | Heartbeat]) -> list[SseEvent]:
-    return [item for item in items if isinstance(item, SseEvent)]
+def _events(items: list[StreamItem]) -> list[StreamEvent]:
+    return [item for item in items if isinstance(item, StreamEvent)]
 
 
 def test_mastodon_stream_framing() -> None:
@@ -30,11 +30,11 @@ def test_mastodon_stream_framing() -> None:
     items = _feed(stream.split(b"\n"))
     assert items == [
         Heartbeat(),
-        SseEvent("update", STATUS),
+        StreamEvent("update", STATUS),
         Heartbeat(),
-        SseEvent("delete", b"109"),
+        StreamEvent("delete", b"109"),
         Heartbeat(),
-        SseEvent("status.update", STATUS),
+        StreamEvent("status.update", STATUS),
     ]
 
 
@@ -46,26 +46,26 @@ def test_payload_bytes_are_kept_exactly() -> None:
 
 def test_multi_line_data_is_joined_with_newlines() -> None:
     items = _feed([b"event: update", b"data: {", b'data: "a": 1', b"data: }", b""])
-    assert items == [SseEvent("update", b'{\n"a": 1\n}')]
+    assert items == [StreamEvent("update", b'{\n"a": 1\n}')]
 
 
 def test_data_without_a_space_after_the_colon() -> None:
-    assert _feed([b"event:update", b"data:{}", b""]) == [SseEvent("update", b"{}")]
+    assert _feed([b"event:update", b"data:{}", b""]) == [StreamEvent("update", b"{}")]
 
 
 def test_only_one_leading_space_is_removed() -> None:
-    assert _feed([b"data:  x ", b""]) == [SseEvent("message", b" x ")]
+    assert _feed([b"data:  x ", b""]) == [StreamEvent("message", b" x ")]
 
 
 def test_data_without_an_event_field_is_a_message() -> None:
-    assert _feed([b"data: hello", b""]) == [SseEvent("message", b"hello")]
+    assert _feed([b"data: hello", b""]) == [StreamEvent("message", b"hello")]
 
 
 def test_event_without_data_is_ignored_and_forgotten() -> None:
     parser = SseParser()
     assert _feed([b"event: update", b""], parser) == []
     # The dropped event's name must not leak into the next event.
-    assert _feed([b"data: x", b""], parser) == [SseEvent("message", b"x")]
+    assert _feed([b"data: x", b""], parser) == [StreamEvent("message", b"x")]
 
 
 def test_heartbeat_followed_by_a_blank_line_gives_no_event() -> None:
@@ -77,22 +77,32 @@ def test_heartbeat_followed_by_a_blank_line_gives_no_event() -> None:
 
 def test_heartbeat_in_the_middle_of_an_event_does_not_break_it() -> None:
     items = _feed([b"event: update", b":thump", b"data: {}", b""])
-    assert items == [Heartbeat(), SseEvent("update", b"{}")]
+    assert items == [Heartbeat(), StreamEvent("update", b"{}")]
 
 
 def test_blank_lines_between_events_give_nothing() -> None:
     assert _feed([b"", b"", b"event: delete", b"data: 1", b"", b"", b""]) == [
-        SseEvent("delete", b"1")
+        StreamEvent("delete", b"1")
     ]
 
 
-def test_unknown_fields_and_id_and_retry_are_ignored() -> None:
-    items = _feed([b"id: 7", b"retry: 1000", b"foo: bar", b"event: delete", b"data: 5", b""])
-    assert items == [SseEvent("delete", b"5")]
+def test_id_and_retry_are_ignored() -> None:
+    items = _feed([b"id: 7", b"retry: 1000", b"event: delete", b"data: 5", b""])
+    assert items == [StreamEvent("delete", b"5")]
 
 
 def test_parser_state_resets_between_events() -> None:
     items = _feed(
         [b"event: update", b"data: a", b"", b"data: b", b"", b"event: delete", b"data: c", b""]
     )
-    assert items == [SseEvent("update", b"a"), SseEvent("message", b"b"), SseEvent("delete", b"c")]
+    assert items == [
+        StreamEvent("update", b"a"),
+        StreamEvent("message", b"b"),
+        StreamEvent("delete", b"c"),
+    ]
+
+
+def test_a_line_without_a_known_field_is_reported_not_dropped() -> None:
+    items = _feed([b"garbage that is no field", b"event: update", b"data: {}", b""])
+    assert items[0] == Unreadable("not a server-sent-events field", b"garbage that is no field")
+    assert items[1] == StreamEvent("update", b"{}")

@@ -1,0 +1,179 @@
+"""`fedilake stream`: every configured source, the spool, the Kafka sender and the refreshers, in one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from fedilake.settings import KafkaSettings, StreamerSettings
+
+from .backfill import GapBackfiller
+from .delivery import KafkaDelivery
+from .ingest import Ingestor
+from .listener import StreamListener
+from .optouts import OptOutPolicy
+from .ratelimit import RateLimit
+from .refresh import EngagementRefresher
+from .sources import Source, SourceConfigError
+from .spool import Spool
+from .state import StreamerState
+
+log = logging.getLogger(__name__)
+
+
+class Streamer:
+    """Owns the durable pieces (spool, state) and the threads around them.
+
+    `start` recovers the state from the spool, then starts the sender, the periodic
+    fsync and one listener per source; `stop` closes the intake (a final fsync), gives
+    the sender `drain_s` to empty the spool into Kafka, and saves its position. What
+    Kafka has not taken stays in the spool for the next start.
+    """
+
+    def __init__(
+        self,
+        settings: StreamerSettings,
+        kafka: KafkaSettings,
+        sources: list[Source],
+        drain_s: float = 10.0,
+    ) -> None:
+        try:
+            policy = OptOutPolicy(settings.optout_policy)
+        except ValueError as exc:
+            raise SourceConfigError(
+                f"FEDILAKE_STREAMER_OPTOUT_POLICY must be anonymize, drop or keep, "
+                f"not {settings.optout_policy!r}"
+            ) from exc
+        self.settings = settings
+        self.sources = sources
+        self.drain_s = drain_s
+        state_dir: Path = settings.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(state_dir / "spool", max_bytes=settings.spool_max_bytes)
+        self.state = StreamerState(state_dir / "state.sqlite3", settings.dedup_window_s)
+        self.ingestor = Ingestor(
+            self.spool, self.state, max_event_bytes=settings.max_event_bytes, optout_policy=policy
+        )
+        self.delivery = KafkaDelivery(
+            self.spool, kafka, state_dir, trim_limit=lambda: self.state.spool_seq
+        )
+        self.stop_requested = threading.Event()
+        session = requests.Session()
+        rate_limits: dict[str, RateLimit] = {}
+        backfiller = GapBackfiller(
+            session,
+            settings.backfill_page_size,
+            settings.backfill_max_pages,
+            settings.backfill_overlap_s,
+            self.stop_requested,
+        )
+        self.listeners: list[StreamListener] = []
+        self.refreshers: list[EngagementRefresher] = []
+        ages = settings.refresh_ages()
+        for source in sources:
+            limit = rate_limits.setdefault(source.instance_url, RateLimit())
+            self.listeners.append(
+                StreamListener(
+                    source,
+                    self.ingestor,
+                    backfiller,
+                    limit,
+                    stall_timeout_s=settings.stall_timeout_s,
+                    reconnect_max_s=settings.reconnect_max_s,
+                )
+            )
+            if ages and not any(r.instance_url == source.instance_url for r in self.refreshers):
+                refresher = EngagementRefresher(
+                    source.instance_url, source, self.ingestor, limit, ages, settings.refresh_share
+                )
+                self.ingestor.subscribe(refresher.track)
+                self.refreshers.append(refresher)
+        self._threads: list[threading.Thread] = []
+        self._sync_stop = threading.Event()
+
+    def start(self) -> None:
+        self.ingestor.recover()
+        self._spawn("sender", self.delivery.run)
+        self._spawn(
+            "spool-sync",
+            self.ingestor.sync_periodically,
+            self.settings.spool_sync_interval_s,
+            self._sync_stop,
+        )
+        for refresher in self.refreshers:
+            self._spawn(f"refresh {refresher.instance_url}", refresher.run)
+        for listener in self.listeners:
+            self._spawn(f"listen {listener.source.name}", listener.run, daemon=True)
+        self._spawn("reporter", self._report, daemon=True)
+        log.info("streaming %d sources: %s", len(self.sources), ", ".join(map(str, self.sources)))
+
+    def _spawn(self, name: str, target: object, *args: object, daemon: bool = False) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=daemon)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def wait(self) -> int:
+        """Block until stopped or until every source failed for good; the exit status."""
+        while not self.stop_requested.wait(0.5):
+            if all(listener.error is not None for listener in self.listeners):
+                log.error("no source can be read; stopping")
+                self.stop()
+                return 2
+        return 0
+
+    def stop(self) -> None:
+        if self.stop_requested.is_set() and self.ingestor_closed:
+            return
+        self.stop_requested.set()
+        for listener in self.listeners:
+            listener.stop()
+        for refresher in self.refreshers:
+            refresher.stop()
+        self._sync_stop.set()
+        self.ingestor.close()
+        self.ingestor_closed = True
+        if not self.delivery.drain(self.drain_s):
+            log.warning(
+                "Kafka did not take everything within %.0fs; %d events stay in the spool "
+                "for the next start",
+                self.drain_s,
+                self.spool.durable_seq - self.delivery.delivered.acked_seq,
+            )
+        self.delivery.stop()
+        for thread in self._threads:
+            if not thread.daemon:
+                thread.join(30)
+        self.spool.close()
+        self.state.close()
+        counts = self.ingestor.counts
+        log.info(
+            "streamer stopped: %d published, %d duplicates dropped, %d dead-lettered, "
+            "%d withheld (opt-outs), %d sent to Kafka",
+            counts["published"],
+            counts["duplicate"],
+            counts["dead-lettered"],
+            counts["withheld"],
+            self.delivery.acked,
+        )
+
+    ingestor_closed = False
+
+    def _report(self, every_s: float = 10.0) -> None:
+        last, last_t = 0, time.monotonic()
+        while not self.stop_requested.wait(every_s):
+            now = time.monotonic()
+            published = self.ingestor.counts["published"]
+            rate = (published - last) / (now - last_t)
+            last, last_t = published, now
+            log.info(
+                "published %d events (%.0f/s), %d duplicates dropped, %d in the spool "
+                "not yet in Kafka",
+                published,
+                rate,
+                self.ingestor.counts["duplicate"],
+                max(self.spool.last_seq - self.delivery.delivered.acked_seq, 0),
+            )

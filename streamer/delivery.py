@@ -1,0 +1,301 @@
+"""Moving spooled events to Kafka in order, exactly once, across Kafka outages and our own crashes.
+
+Each message carries two headers: the spool's id and the record's sequence number.
+The sender remembers how far Kafka acknowledged (`delivered.json`); on start, or after
+the producer gave up on a batch, it reads each partition past that point to learn the
+highest sequence already there, and skips those records instead of sending them again.
+Per partition the idempotent producer keeps order, so what landed is a prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError
+
+from fedilake.contracts import MAX_MESSAGE_BYTES, Topics
+from fedilake.settings import KafkaSettings
+
+from .spool import Spool, SpoolRecord
+
+log = logging.getLogger(__name__)
+
+SPOOL_HEADER = "fedilake.spool"
+SEQ_HEADER = "fedilake.seq"
+
+
+def make_producer(settings: KafkaSettings) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-streamer",
+        acks="all",
+        enable_idempotence=True,
+        compression_type="gzip",
+        linger_ms=20,
+        batch_size=256 * 1024,
+        max_in_flight_requests_per_connection=5,
+        max_request_size=MAX_MESSAGE_BYTES,
+        retries=2**31 - 1,
+        # A Kafka outage shorter than this is ridden out by the producer itself; a longer
+        # one expires the batches and the sender reconciles and resends from the spool.
+        delivery_timeout_ms=120_000,
+        max_block_ms=5_000,
+    )
+
+
+class _Delivered:
+    """How far Kafka has acknowledged, persisted so a restart knows where to look."""
+
+    def __init__(self, path: Path, spool_id: str) -> None:
+        self.path = path
+        self.spool_id = spool_id
+        self.acked_seq = 0
+        self.offsets: dict[str, dict[int, int]] = {}
+        self.fresh = True
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if doc.get("spool_id") == spool_id:
+            self.fresh = False
+            self.acked_seq = int(doc["acked_seq"])
+            self.offsets = {
+                t: {int(p): o for p, o in ps.items()} for t, ps in doc["offsets"].items()
+            }
+
+    def save(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(
+            json.dumps(
+                {"spool_id": self.spool_id, "acked_seq": self.acked_seq, "offsets": self.offsets}
+            )
+        )
+        os.replace(tmp, self.path)
+
+
+class KafkaDelivery:
+    """The sender thread: spool → Kafka, trimming the spool behind it."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        kafka: KafkaSettings,
+        state_dir: Path,
+        trim_limit: Callable[[], int],
+        producer_factory: Callable[[KafkaSettings], KafkaProducer] = make_producer,
+    ) -> None:
+        self.spool = spool
+        self.kafka = kafka
+        self.trim_limit = trim_limit
+        self.producer_factory = producer_factory
+        self.delivered = _Delivered(state_dir / "delivered.json", spool.spool_id)
+        self.stop_requested = threading.Event()
+        self.sent = 0
+        self.acked = 0
+        self.skipped = 0
+        self._lock = threading.Lock()
+        self._in_flight: deque[int] = deque()
+        self._done: set[int] = set()
+        self._failure: BaseException | None = None
+        self._producer: KafkaProducer | None = None
+        self._header_id = spool.spool_id.encode()
+        self._outage_since: float | None = None
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        try:
+            while not self.stop_requested.is_set():
+                try:
+                    self._producer = self.producer_factory(self.kafka)
+                    skip = self._reconcile()
+                    self._send_from(self.delivered.acked_seq, skip)
+                except (KafkaError, OSError) as exc:
+                    self._note_outage(exc)
+                    self.stop_requested.wait(2.0)
+                finally:
+                    # Closing waits for what is in flight, so a reconciliation that follows
+                    # sees everything this producer will ever write.
+                    self._drop_producer()
+        finally:
+            self._checkpoint()
+
+    def _send_from(self, after: int, skip: dict[tuple[str, int], int]) -> None:
+        sent_seq = after
+        last_save = time.monotonic()
+        while not self.stop_requested.is_set():
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                log.warning("Kafka gave up on a batch (%s); reconciling with the spool", failure)
+                return
+            if self.spool.wait_durable(sent_seq, timeout=0.2):
+                for record in self.spool.read(sent_seq, max_records=2000):
+                    with self._lock:
+                        self._in_flight.append(record.seq)
+                    if record.seq <= skip.get((record.topic, record.partition or 0), 0):
+                        self._mark(record.seq, None, None)  # already in Kafka
+                        self.skipped += 1
+                    else:
+                        self._send(record)
+                    sent_seq = record.seq
+            if time.monotonic() - last_save >= 1.0:
+                self._checkpoint()
+                last_save = time.monotonic()
+
+    def _send(self, record: SpoolRecord) -> None:
+        assert self._producer is not None
+        headers = [(SPOOL_HEADER, self._header_id), (SEQ_HEADER, str(record.seq).encode())]
+        while True:
+            try:
+                future = self._producer.send(
+                    record.topic,
+                    key=record.key,
+                    value=record.value,
+                    partition=record.partition,
+                    headers=headers,
+                )
+                break
+            except KafkaTimeoutError as exc:
+                # No metadata or a full buffer: Kafka is away. Hold the record, try again.
+                self._note_outage(exc)
+                if self.stop_requested.wait(1.0):
+                    raise
+        future.add_callback(self._on_ack, record.seq, record.topic)
+        future.add_errback(self._on_error)
+        self.sent += 1
+
+    def _on_ack(self, seq: int, topic: str, metadata: Any) -> None:
+        self._mark(seq, topic, metadata)
+        if self._outage_since is not None:
+            log.info("Kafka is back after %.0fs", time.monotonic() - self._outage_since)
+            self._outage_since = None
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._failure = exc
+
+    def _mark(self, seq: int, topic: str | None, metadata: Any) -> None:
+        with self._lock:
+            if topic is not None:
+                by_partition = self.delivered.offsets.setdefault(topic, {})
+                previous = by_partition.get(metadata.partition, -1)
+                by_partition[metadata.partition] = max(previous, metadata.offset)
+                self.acked += 1
+            self._done.add(seq)
+            while self._in_flight and self._in_flight[0] in self._done:
+                done = self._in_flight.popleft()
+                self._done.discard(done)
+                self.delivered.acked_seq = max(self.delivered.acked_seq, done)
+
+    def _checkpoint(self) -> None:
+        with self._lock:
+            self.delivered.save()
+            acked = self.delivered.acked_seq
+        self.spool.trim(min(acked, self.trim_limit()))
+
+    def _note_outage(self, exc: BaseException) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.error(
+                "Kafka at %s is not taking events (%s); they wait in the spool (%d bytes)",
+                self.kafka.bootstrap_servers,
+                exc.__class__.__name__,
+                self.spool.size_bytes,
+            )
+
+    # ------------------------------------------------------------------ reconciliation
+
+    def _reconcile(self) -> dict[tuple[str, int], int]:
+        """The highest sequence of ours already in each partition beyond the saved offsets."""
+        with self._lock:
+            self._in_flight.clear()
+            self._done.clear()
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            client_id=f"{self.kafka.client_id}-streamer-reconcile",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+        )
+        try:
+            partitions = [
+                TopicPartition(spec.name, p)
+                for spec in Topics.all()
+                for p in range(spec.partitions)
+            ]
+            consumer.assign(partitions)
+            ends = consumer.end_offsets(partitions)
+            skip: dict[tuple[str, int], int] = {}
+            scanned = 0
+            for tp in partitions:
+                known = self.delivered.offsets.setdefault(tp.topic, {})
+                if self.delivered.fresh:
+                    # The first start of this spool: nothing of ours is in Kafka yet.
+                    known[tp.partition] = ends[tp] - 1
+                    continue
+                # A partition added since is read whole, once.
+                start = known.get(tp.partition, -1) + 1
+                if start >= ends[tp]:
+                    continue
+                consumer.seek(tp, start)
+                while consumer.position(tp) < ends[tp]:
+                    for records in consumer.poll(timeout_ms=1000).values():
+                        for message in records:
+                            scanned += 1
+                            seq = self._our_seq(message.headers)
+                            if seq is not None:
+                                key = (tp.topic, tp.partition)
+                                skip[key] = max(skip.get(key, 0), seq)
+            if self.delivered.fresh:
+                self.delivered.fresh = False
+                self.delivered.save()
+            if scanned:
+                log.info(
+                    "reconciled with Kafka: %d messages read past the last acknowledgement, "
+                    "%d partitions already hold some of the spool",
+                    scanned,
+                    len(skip),
+                )
+            return skip
+        finally:
+            consumer.close()
+
+    def _our_seq(self, headers: list[tuple[str, bytes]] | None) -> int | None:
+        found: dict[str, bytes] = dict(headers or [])
+        if found.get(SPOOL_HEADER) != self._header_id:
+            return None
+        try:
+            return int(found[SEQ_HEADER])
+        except (KeyError, ValueError):
+            return None
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _drop_producer(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=5)
+            except KafkaError as exc:
+                log.warning("closing the Kafka producer: %s", exc)
+            self._producer = None
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until Kafka acknowledged everything durable (or the timeout); True if it did."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.delivered.acked_seq >= self.spool.durable_seq:
+                return True
+            time.sleep(0.05)
+        return self.delivered.acked_seq >= self.spool.durable_seq
+
+    def stop(self) -> None:
+        """Ask the sender to finish; `run` closes the producer (flushing) and saves its position."""
+        self.stop_requested.set()

@@ -1,0 +1,256 @@
+"""Where every event from every source goes: checked, deduplicated by uri, written to the spool.
+
+An event counts as published once it is in the spool and the spool is fsync'd; the
+sender (`delivery.py`) moves it to Kafka from there. The state (identities, local ids,
+checkpoints) commits right after each fsync, so after a crash the two agree up to the
+last commit and `recover` re-reads the spool beyond it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from fedilake.contracts import (
+    Envelope,
+    EnvelopeError,
+    EventKind,
+    Topics,
+    dead_letter_record,
+    partition_for,
+)
+
+from .backfill import newer
+from .envelopes import MalformedEvent, as_edit, identity_key, wrap_event
+from .optouts import OptOutPolicy, apply_optout
+from .sources import Source
+from .spool import Spool, SpoolFull
+from .sse import StreamEvent
+from .state import StreamerState
+
+log = logging.getLogger(__name__)
+
+PublishedListener = Callable[[Envelope], None]
+
+# Events whose ids are the position in the stream's timeline (edits and deletes are not).
+_TIMELINE_EVENTS = ("update", "notification")
+
+
+class IngestClosed(Exception):
+    """The streamer is shutting down; the event was not taken (a restart backfills it)."""
+
+
+class Ingestor:
+    def __init__(
+        self,
+        spool: Spool,
+        state: StreamerState,
+        *,
+        max_event_bytes: int,
+        optout_policy: OptOutPolicy = OptOutPolicy.ANONYMIZE,
+        spool_full_wait_s: float = 1.0,
+    ) -> None:
+        self.spool = spool
+        self.state = state
+        self.max_event_bytes = max_event_bytes
+        self.optout_policy = optout_policy
+        self.spool_full_wait_s = spool_full_wait_s
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._published_listeners: list[PublishedListener] = []
+
+    # ------------------------------------------------------------------ intake
+
+    def offer(self, source: Source, item: StreamEvent, backfilled: bool = False) -> str:
+        """Take one event; returns what became of it (for counters and tests)."""
+        try:
+            envelope = wrap_event(
+                item.event,
+                item.data,
+                instance=source.instance_url,
+                stream=source.stream,
+                received_at=datetime.now(UTC),
+                max_bytes=self.max_event_bytes,
+            )
+        except MalformedEvent as exc:
+            self.dead_letter(str(exc), item.data, str(source))
+            return "dead-lettered"
+        return self.take(source, envelope, backfilled)
+
+    def take(self, source: Source | None, envelope: Envelope, backfilled: bool = False) -> str:
+        with self._lock:
+            if self._closed:
+                raise IngestClosed()
+            outcome = self._take_locked(source, envelope, backfilled)
+        self.counts[outcome] += 1
+        return outcome
+
+    def _take_locked(self, source: Source | None, envelope: Envelope, backfilled: bool) -> str:
+        state = self.state
+        kind = envelope.kind
+        if kind in (EventKind.STATUS, EventKind.EDIT) and envelope.status_id and envelope.uri:
+            # Every copy's local id, duplicates included: a later delete names only that id.
+            state.map_id(envelope.instance, envelope.status_id, envelope.uri)
+        elif kind is EventKind.DELETE and envelope.status_id and not envelope.uri:
+            envelope = replace(envelope, uri=state.uri_of(envelope.instance, envelope.status_id))
+        if source is not None and envelope.event in _TIMELINE_EVENTS:
+            position = _timeline_id(envelope)
+            if position is not None:
+                state.advance(
+                    source.name, newer(state.checkpoint(source.name), position) or position
+                )
+        key = identity_key(envelope)
+        if key is not None and state.seen(key):
+            if not (backfilled and kind is EventKind.STATUS):
+                return "duplicate"
+            # A status backfilled after a gap may have been edited meanwhile.
+            edited_at = envelope.payload_json.get("edited_at")
+            if not edited_at:
+                return "duplicate"
+            envelope = as_edit(envelope)
+            key = identity_key(envelope)
+            if key is None or state.seen(key):
+                return "duplicate"
+        published = apply_optout(envelope, self.optout_policy)
+        if published is None:
+            if key is not None:
+                state.mark_seen(key)
+            return "withheld"
+        value = published.to_bytes()
+        raw_key = published.kafka_key()
+        self._append(Topics.EVENTS.name, raw_key, value, partition_for(raw_key, Topics.EVENTS))
+        if key is not None:
+            state.mark_seen(key)
+        for listener in self._published_listeners:
+            listener(published)
+        return "published"
+
+    def dead_letter(self, reason: str, original: bytes, where: str) -> None:
+        log.warning("dead-lettering an event from %s: %s", where, reason)
+        record = dead_letter_record(reason, original, where)
+        with self._lock:
+            if self._closed:
+                raise IngestClosed()
+            self._append(Topics.DEAD_LETTER.name, None, record, 0)
+        self.counts["dead-lettered"] += 1
+
+    def state_checkpoint(self, source: Source) -> str | None:
+        with self._lock:
+            return self.state.checkpoint(source.name)
+
+    def subscribe(self, listener: PublishedListener) -> None:
+        """Called (under the ingest lock, so keep it quick) with every published envelope."""
+        self._published_listeners.append(listener)
+
+    def _append(self, topic: str, key: bytes | None, value: bytes, partition: int) -> None:
+        while True:
+            try:
+                self.spool.append(topic, key, value, partition)
+                return
+            except SpoolFull:
+                # Hold the sources back rather than drop: their sockets fill, servers
+                # buffer or disconnect us, and the gap is backfilled after.
+                log.error("spool full; holding events until Kafka takes some")
+                self._lock.release()
+                try:
+                    time.sleep(self.spool_full_wait_s)
+                finally:
+                    self._lock.acquire()
+                if self._closed:
+                    raise IngestClosed() from None
+
+    # ------------------------------------------------------------------ durability
+
+    def sync(self) -> int:
+        """fsync the spool, then commit the state to that position."""
+        with self._lock:
+            return self._sync_locked()
+
+    def _sync_locked(self) -> int:
+        durable = self.spool.sync()
+        self.state.commit(durable)
+        return durable
+
+    def sync_periodically(self, every_s: float, stop: threading.Event) -> None:
+        last_expiry = time.monotonic()
+        while not stop.wait(every_s):
+            try:
+                self.sync()
+                if time.monotonic() - last_expiry > 600:
+                    with self._lock:
+                        expired = self.state.expire()
+                    last_expiry = time.monotonic()
+                    log.info("forgot %d identities older than the dedup window", expired)
+            except IngestClosed:
+                return
+
+    def recover(self) -> int:
+        """Restore the state of records the spool holds beyond the last state commit."""
+        after = self.state.spool_seq
+        restored = 0
+        with self._lock:
+            while True:
+                records = self.spool.read(after, max_records=1000)
+                if not records:
+                    break
+                for record in records:
+                    after = record.seq
+                    if record.topic != Topics.EVENTS.name:
+                        continue
+                    try:
+                        envelope = Envelope.from_bytes(record.value)
+                    except EnvelopeError:
+                        continue
+                    source = Source(envelope.instance, envelope.stream)
+                    self._restore_locked(source, envelope)
+                    restored += 1
+            self.state.commit(self.spool.durable_seq)
+        if restored:
+            log.info("restored %d events from the spool beyond the last checkpoint", restored)
+        return restored
+
+    def _restore_locked(self, source: Source, envelope: Envelope) -> None:
+        state = self.state
+        if (
+            envelope.status_id
+            and envelope.uri
+            and envelope.kind
+            in (
+                EventKind.STATUS,
+                EventKind.EDIT,
+            )
+        ):
+            state.map_id(envelope.instance, envelope.status_id, envelope.uri)
+        if envelope.event in _TIMELINE_EVENTS:
+            position = _timeline_id(envelope)
+            if position is not None:
+                state.advance(
+                    source.name, newer(state.checkpoint(source.name), position) or position
+                )
+        key = identity_key(envelope)
+        if key is not None:
+            state.mark_seen(key)
+
+    def close(self) -> None:
+        """Sync one last time and refuse further events."""
+        with self._lock:
+            if self._closed:
+                return
+            self._sync_locked()
+            self._closed = True
+
+
+def _timeline_id(envelope: Envelope) -> str | None:
+    if envelope.event == "update":
+        return envelope.status_id
+    try:
+        found = envelope.payload_json.get("id")
+    except ValueError:
+        return None
+    return str(found) if found is not None else None

@@ -1,0 +1,170 @@
+"""Re-fetching statuses at set ages for their engagement counts (a status streams with all zeros)."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import requests
+
+from fedilake.contracts import Envelope, EventKind
+
+from .ingest import IngestClosed, Ingestor
+from .ratelimit import RateLimit
+from .sources import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    local_id: str = field(compare=False)
+    uri: str = field(compare=False)
+    age_s: float = field(compare=False)
+
+
+class EngagementRefresher:
+    """One per instance: fetches `/api/v1/statuses/:id` when each tracked status reaches an age.
+
+    It uses at most `share` of the instance's rate limit, leaving the rest to gap
+    backfill; what it cannot fetch in time waits (the backlog is logged). A status gone
+    (404) is published as a delete, which also catches deletes a dropped stream missed.
+    The schedule lives in memory: statuses tracked before a restart are not refreshed.
+    """
+
+    def __init__(
+        self,
+        instance_url: str,
+        source: Source,
+        ingestor: Ingestor,
+        rate_limit: RateLimit,
+        ages_s: tuple[float, ...],
+        share: float,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.instance_url = instance_url
+        self.source = source
+        self.ingestor = ingestor
+        self.rate_limit = rate_limit
+        self.ages_s = ages_s
+        self.share = share
+        self.session = session or requests.Session()
+        self.stop_requested = threading.Event()
+        self.refreshed = 0
+        self.gone = 0
+        self._due: list[_Due] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+
+    def track(self, envelope: Envelope) -> None:
+        """Called for every published envelope; keeps statuses of this instance."""
+        if (
+            envelope.kind is not EventKind.STATUS
+            or envelope.instance != self.instance_url
+            or not envelope.uri
+            or not envelope.status_id
+        ):
+            return
+        now = time.time()
+        with self._lock:
+            for age in self.ages_s:
+                heapq.heappush(self._due, _Due(now + age, envelope.status_id, envelope.uri, age))
+        self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        now = time.time()
+        with self._lock:
+            return sum(1 for due in self._due if due.at <= now)
+
+    def run(self) -> None:
+        token = self.source.token.read()
+        reserve = int(self.rate_limit.limit * (1 - self.share))
+        while not self.stop_requested.is_set():
+            with self._lock:
+                due = self._due[0] if self._due else None
+                if due is not None and due.at <= time.time():
+                    heapq.heappop(self._due)
+                else:
+                    due = None
+            if due is None:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            wait = self.rate_limit.wait_s(reserve=reserve)
+            if wait > 0:
+                with self._lock:
+                    heapq.heappush(self._due, due)
+                log.info(
+                    "refresh of %s waits %.0fs for the rate limit (%d due)",
+                    self.instance_url,
+                    wait,
+                    self.backlog,
+                )
+                self.stop_requested.wait(min(wait, 5.0))
+                continue
+            try:
+                self._refresh(due, token)
+            except requests.RequestException as exc:
+                log.warning("refresh of %s failed: %s", due.uri, exc.__class__.__name__)
+            except IngestClosed:
+                return
+
+    def _refresh(self, due: _Due, token: str | None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = self.session.get(
+            f"{self.instance_url}/api/v1/statuses/{due.local_id}", headers=headers, timeout=30
+        )
+        self.rate_limit.observe(response.headers, response.status_code)
+        received = datetime.now(UTC)
+        if response.status_code == 404:
+            self.gone += 1
+            gone = Envelope(
+                kind=EventKind.DELETE,
+                instance=self.instance_url,
+                stream=self.source.stream,
+                event="delete",
+                received_at=received,
+                created_at=None,
+                uri=due.uri,
+                status_id=due.local_id,
+                payload=due.local_id,
+            )
+            self.ingestor.take(None, gone)
+            return
+        if response.status_code == 429:
+            with self._lock:
+                heapq.heappush(self._due, due)
+            return
+        response.raise_for_status()
+        envelope = Envelope(
+            kind=EventKind.REFRESH,
+            instance=self.instance_url,
+            stream=f"refresh:{int(due.age_s)}s",
+            event="refresh",
+            received_at=received,
+            created_at=None,
+            uri=due.uri,
+            status_id=due.local_id,
+            payload=response.text,
+        )
+        try:
+            created = envelope.payload_json.get("created_at")
+        except ValueError:
+            log.warning("refresh of %s answered with something that is not JSON", due.uri)
+            return
+        if created:
+            from fedilake.contracts import parse_time
+
+            object.__setattr__(envelope, "created_at", parse_time(str(created)))
+        self.ingestor.take(None, envelope)
+        self.refreshed += 1
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+        self._wake.set()

@@ -1,0 +1,202 @@
+"""Reading one Mastodon stream over SSE or WebSocket, keeping every payload's bytes as sent.
+
+Mastodon.py's own stream readers ask urllib3 for one byte per call and cast every
+payload into attribute dictionaries (66 events/s measured on 2.6 KB statuses); these
+read whole chunks and hand the payload on untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Protocol
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import requests
+import websocket
+
+from .sources import Source, Transport, stream_path, websocket_params
+from .sse import Heartbeat, SseParser, StreamEvent, StreamItem, Unreadable
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+
+
+class StreamAuthError(Exception):
+    """The instance refused our token; retrying will not help."""
+
+
+class StreamConnection(Protocol):
+    def items(self) -> Iterator[StreamItem]: ...
+
+    def close(self) -> None:
+        """Callable from another thread: makes `items()` end soon."""
+
+
+def auth_error(source: Source, status: int) -> StreamAuthError:
+    # Names the instance, the stream, the scope and where the token came from; never the token.
+    return StreamAuthError(
+        f"{source.instance_url} refused the access token from {source.token.describe()} "
+        f"(HTTP {status}) for stream {source.stream!r}: it needs a user token with the "
+        "read:statuses scope (read:notifications for user:notification)"
+    )
+
+
+def http_base(streaming_url: str) -> str:
+    """Mastodon reports its streaming host as ws(s)://; SSE speaks http(s) to the same place."""
+    parts = urlsplit(streaming_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def ws_base(streaming_base: str) -> str:
+    parts = urlsplit(streaming_base)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+class SseConnection:
+    """One open `text/event-stream` response."""
+
+    def __init__(
+        self,
+        source: Source,
+        streaming_base: str,
+        token: str | None,
+        stall_timeout_s: float,
+        session: requests.Session,
+    ) -> None:
+        headers = {"Accept": "text/event-stream"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        url = http_base(streaming_base) + stream_path(source.stream)
+        # The read timeout is the heartbeat watchdog: no byte (not even `:thump`) for that
+        # long and the read fails, which makes the listener reconnect.
+        self._response = session.get(
+            url, headers=headers, stream=True, timeout=(10, stall_timeout_s)
+        )
+        if self._response.status_code in (401, 403):
+            self._response.close()
+            raise auth_error(source, self._response.status_code)
+        try:
+            self._response.raise_for_status()
+        except requests.HTTPError:
+            self._response.close()
+            raise
+        self._closed = False
+
+    def items(self) -> Iterator[StreamItem]:
+        parser = SseParser()
+        try:
+            for line in self._response.iter_lines(chunk_size=READ_CHUNK):
+                item = parser.feed(line)
+                if item is not None:
+                    yield item
+        except (AttributeError, ValueError) as exc:
+            if not self._closed:
+                raise ConnectionError(f"stream read failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._closed = True
+        # Closing the response waits for a read blocked in another thread; shutting the
+        # socket down first wakes that read at once.
+        sock = _socket_of(self._response)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._response.close()
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    try:
+        found = response.raw._fp.fp.raw._sock  # type: ignore[union-attr]  # http.client's socket
+    except AttributeError:
+        return None
+    return found if isinstance(found, socket.socket) else None
+
+
+class WebSocketConnection:
+    """One Mastodon WebSocket subscribed to one stream."""
+
+    def __init__(
+        self,
+        source: Source,
+        streaming_base: str,
+        token: str | None,
+        stall_timeout_s: float,
+    ) -> None:
+        params = websocket_params(source.stream)
+        url = f"{ws_base(streaming_base)}/api/v1/streaming?{urlencode(params)}"
+        header = [f"Authorization: Bearer {token}"] if token else []
+        self._ws = websocket.WebSocket(enable_multithread=True)
+        self._ws.settimeout(stall_timeout_s)
+        try:
+            self._ws.connect(url, header=header, timeout=10)
+        except websocket.WebSocketBadStatusException as exc:
+            if exc.status_code in (401, 403):
+                raise auth_error(source, exc.status_code) from None
+            raise ConnectionError(f"WebSocket refused: HTTP {exc.status_code}") from None
+        # Subscribing by message as well makes servers that ignore the query string work.
+        self._ws.send(json.dumps({"type": "subscribe", **params}))
+        self._ws.settimeout(stall_timeout_s)
+        self._closed = False
+
+    def items(self) -> Iterator[StreamItem]:
+        ws = self._ws
+        try:
+            while True:
+                opcode, frame = ws.recv_data(control_frame=True)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    return
+                if opcode in (websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_PONG):
+                    yield Heartbeat()
+                    continue
+                yield parse_ws_message(frame)
+        except websocket.WebSocketTimeoutException as exc:
+            raise TimeoutError("no frame and no ping within the stall timeout") from exc
+        except (websocket.WebSocketConnectionClosedException, OSError) as exc:
+            if not self._closed:
+                raise ConnectionError(f"WebSocket closed: {exc}") from exc
+
+    def close(self) -> None:
+        self._closed = True
+        sock = self._ws.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._ws.close(timeout=1)
+
+
+def parse_ws_message(frame: bytes) -> StreamItem:
+    """`{"stream": [...], "event": "update", "payload": "<the status as JSON text>"}`."""
+    try:
+        message = json.loads(frame)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return Unreadable("WebSocket frame is not JSON", frame)
+    if not isinstance(message, dict) or not isinstance(message.get("event"), str):
+        return Unreadable("WebSocket frame has no event name", frame)
+    payload = message.get("payload", "")
+    if not isinstance(payload, str):
+        # Some servers send the payload as an object; keep it as compact JSON text.
+        payload = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    try:
+        data = payload.encode("utf-8")
+    except UnicodeEncodeError:
+        return Unreadable("WebSocket payload is not valid UTF-8", frame)
+    return StreamEvent(message["event"], data)
+
+
+def open_connection(
+    source: Source,
+    streaming_base: str,
+    token: str | None,
+    stall_timeout_s: float,
+    session: requests.Session,
+) -> StreamConnection:
+    if source.transport is Transport.WEBSOCKET:
+        return WebSocketConnection(source, streaming_base, token, stall_timeout_s)
+    return SseConnection(source, streaming_base, token, stall_timeout_s, session)

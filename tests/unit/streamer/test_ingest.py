@@ -1,0 +1,155 @@
+"""The ingestor on a real spool and state: dedup by uri, deletes across instances, recovery."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedilake.contracts import Envelope, EventKind, Topics
+from streamer.ingest import IngestClosed, Ingestor
+from streamer.optouts import OptOutPolicy
+from streamer.sources import Source
+from streamer.spool import Spool
+from streamer.sse import StreamEvent
+from streamer.state import StreamerState
+
+A = Source("https://a.example", "public")
+B = Source("https://b.example", "public")
+
+
+def _status(local_id: str, uri: str, **changes: Any) -> StreamEvent:
+    status: dict[str, Any] = {
+        "id": local_id,
+        "uri": uri,
+        "created_at": "2026-11-23T10:00:00.000Z",
+        "edited_at": None,
+        "content": "<p>hello #rust</p>",
+        "tags": [{"name": "rust"}],
+        "account": {"id": "9", "acct": "bob", "discoverable": True, "note": ""},
+        "reblog": None,
+    }
+    status.update(changes)
+    return StreamEvent("update", json.dumps(status).encode())
+
+
+def _open(tmp_path: Path, policy: OptOutPolicy = OptOutPolicy.ANONYMIZE) -> Ingestor:
+    spool = Spool(tmp_path / "spool")
+    state = StreamerState(tmp_path / "state.sqlite3", window_s=3600)
+    return Ingestor(spool, state, max_event_bytes=4096, optout_policy=policy)
+
+
+@pytest.fixture
+def ingestor(tmp_path: Path) -> Iterator[Ingestor]:
+    ingestor = _open(tmp_path)
+    yield ingestor
+    ingestor.close()
+    ingestor.spool.close()
+    ingestor.state.close()
+
+
+def _published(ingestor: Ingestor) -> list[Envelope]:
+    ingestor.sync()
+    records = ingestor.spool.read(0, max_records=10_000)
+    return [Envelope.from_bytes(r.value) for r in records if r.topic == Topics.EVENTS.name]
+
+
+def test_a_status_seen_on_two_instances_and_twice_is_published_once(ingestor: Ingestor) -> None:
+    uri = "https://a.example/users/bob/statuses/1"
+    assert ingestor.offer(A, _status("100", uri)) == "published"
+    assert ingestor.offer(A, _status("100", uri)) == "duplicate"
+    assert ingestor.offer(B, _status("555", uri)) == "duplicate"
+    assert [e.uri for e in _published(ingestor)] == [uri]
+
+
+def test_a_delete_reaches_the_status_first_seen_through_another_instance(
+    ingestor: Ingestor,
+) -> None:
+    uri = "https://a.example/users/bob/statuses/1"
+    ingestor.offer(A, _status("100", uri))
+    ingestor.offer(B, _status("555", uri))  # the copy on b, dropped, but its id is remembered
+    assert ingestor.offer(B, StreamEvent("delete", b"555")) == "published"
+    assert ingestor.offer(A, StreamEvent("delete", b"100")) == "duplicate"
+    status, delete = _published(ingestor)
+    assert delete.kind is EventKind.DELETE and delete.uri == uri
+    assert delete.kafka_key() == status.kafka_key()  # same partition, after the status
+
+
+def test_edits_are_published_once_per_version(ingestor: Ingestor) -> None:
+    uri = "https://a.example/s/1"
+    ingestor.offer(A, _status("1", uri))
+    edit = _status("1", uri, edited_at="2026-11-23T10:05:00.000Z")
+    edit = StreamEvent("status.update", edit.data)
+    assert ingestor.offer(A, edit) == "published"
+    assert ingestor.offer(B, edit) == "duplicate"
+
+
+def test_a_backfilled_status_edited_during_the_gap_becomes_an_edit(ingestor: Ingestor) -> None:
+    uri = "https://a.example/s/1"
+    ingestor.offer(A, _status("1", uri))
+    changed = _status("1", uri, edited_at="2026-11-23T10:05:00.000Z")
+    assert ingestor.offer(A, changed, backfilled=True) == "published"
+    assert ingestor.offer(A, changed, backfilled=True) == "duplicate"
+    assert [e.kind for e in _published(ingestor)] == [EventKind.STATUS, EventKind.EDIT]
+
+
+def test_checkpoints_follow_the_newest_timeline_id(ingestor: Ingestor) -> None:
+    for local_id in ("105", "103", "110"):
+        ingestor.offer(A, _status(local_id, f"https://a.example/s/{local_id}"))
+    ingestor.offer(A, StreamEvent("delete", b"999"))  # not a timeline position
+    assert ingestor.state_checkpoint(A) == "110"
+    assert ingestor.state_checkpoint(B) is None
+
+
+def test_malformed_input_is_dead_lettered_with_its_bytes(ingestor: Ingestor) -> None:
+    assert ingestor.offer(A, StreamEvent("update", b"{not json")) == "dead-lettered"
+    assert ingestor.offer(A, StreamEvent("update", b"x" * 5000)) == "dead-lettered"
+    ingestor.sync()
+    letters = [
+        json.loads(r.value) for r in ingestor.spool.read(0) if r.topic == Topics.DEAD_LETTER.name
+    ]
+    assert [letter["original"][:9] for letter in letters] == ["{not json", "xxxxxxxxx"]
+    assert "exceeds 4096 bytes" in letters[1]["reason"]
+
+
+def test_unknown_events_are_kept(ingestor: Ingestor) -> None:
+    assert ingestor.offer(A, StreamEvent("fedilake.unknown", b'{"x":1}')) == "published"
+    assert ingestor.offer(A, StreamEvent("fedilake.unknown", b'{"x":1}')) == "published"
+    assert [e.kind for e in _published(ingestor)] == [EventKind.UNKNOWN] * 2
+
+
+def test_opted_out_authors_are_counted_anonymously_by_default(ingestor: Ingestor) -> None:
+    shy = {"id": "7", "acct": "shy", "note": "<p>#<span>nobot</span></p>"}
+    ingestor.offer(A, _status("1", "https://a.example/s/1", account=shy))
+    [envelope] = _published(ingestor)
+    status = envelope.payload_json
+    assert status["account"]["acct"] == "" and status["content"] == ""
+    assert status["tags"] == [{"name": "rust"}] and status["fedilake_anonymized"] is True
+
+
+def test_the_drop_policy_publishes_nothing_of_opted_out_authors(tmp_path: Path) -> None:
+    ingestor = _open(tmp_path, OptOutPolicy.DROP)
+    shy = {"id": "7", "acct": "shy", "indexable": False}
+    assert ingestor.offer(A, _status("1", "https://a.example/s/1", account=shy)) == "withheld"
+    assert _published(ingestor) == []
+
+
+def test_state_and_spool_agree_after_a_crash_between_fsync_and_commit(tmp_path: Path) -> None:
+    ingestor = _open(tmp_path)
+    ingestor.offer(A, _status("1", "https://a.example/s/1"))
+    ingestor.sync()
+    ingestor.offer(A, _status("2", "https://a.example/s/2"))
+    ingestor.spool.sync()  # durable in the spool, but the state never committed: a crash
+    ingestor.spool.close()
+    ingestor.state.close()
+
+    reopened = _open(tmp_path)
+    assert reopened.recover() == 1
+    assert reopened.offer(A, _status("2", "https://a.example/s/2")) == "duplicate"
+    assert reopened.state_checkpoint(A) == "2"
+    reopened.close()
+    with pytest.raises(IngestClosed):
+        reopened.offer(A, _status("3", "https://a.example/s/3"))
