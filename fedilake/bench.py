@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -290,3 +291,126 @@ def run_lake_bench(events: int, out: Callable[[str], None], hours: int = 1) -> i
     client.delete(f"{hdfs.lake_root}/raw/{topic}", recursive=True)
     client.delete(f"{hdfs.lake_root}/_offsets/{topic}", recursive=True)
     return 0
+
+
+def run_streamer_bench(events: int, out: Callable[[str], None], reader_events: int = 2000) -> int:
+    """Simulator -> streamer -> Kafka over SSE and WebSocket beside a bare producer, and the
+    stream readers alone: ours against Mastodon.py's."""
+    LocalStack(StackSettings()).up(["kafka"])
+    kafka = KafkaSettings()
+    ensure_topics(kafka)
+    day = bench_day()
+    seed = day.toordinal()
+    out(f"benchmark: {events} events, seed {seed}, acks=all, idempotent, gzip")
+    baseline = bare_producer_rate(kafka, baseline_bytes(events, day, seed))
+    out(f"  baseline  {baseline.name}: {baseline.rate:,.0f} events/s")
+    base_port = 18600 + os.getpid() % 100 * 3
+    with tempfile.TemporaryDirectory(prefix="fedilake-bench-") as tmp:
+        for n, transport in enumerate(("sse", "websocket")):
+            stage, streamer_mb = _streamer_stage(
+                kafka, Path(tmp) / transport, transport, base_port + n, events, seed + n
+            )
+            out(
+                f"  {stage.name:44} {stage.rate:>9,.0f} events/s  "
+                f"({stage.rate / baseline.rate:.2f} x bare producer), "
+                f"streamer RSS {streamer_mb:.0f} MB"
+            )
+        # The readers alone, without Kafka: what a listener built on each keeps up with.
+        with cli_processes(Path(tmp) / "readers") as start:
+            simulator = _start_simulator(start, base_port + 2, 2 * reader_events, seed)
+            ours = _our_reader_rate(simulator, reader_events)
+            theirs = _mastodon_py_reader_rate(simulator, reader_events)
+    out(f"  stream readers alone, {reader_events} statuses each, no Kafka:")
+    out(f"    fedilake SSE reader (payload bytes kept)  {ours:>9,.0f} events/s")
+    out(f"    Mastodon.py stream_public                 {theirs:>9,.0f} events/s")
+    return 0
+
+
+def _start_simulator(start: Callable[..., Any], port: int, events: int, seed: int) -> str:
+    start(
+        "simulator",
+        "simulate",
+        "--port",
+        str(port),
+        "--rate",
+        "0",
+        "--events",
+        str(events),
+        "--seed",
+        str(seed),
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until("the simulator", lambda: _get(f"{url}/api/v1/streaming/health") is not None, 30, 0.2)
+    return url
+
+
+def _streamer_stage(
+    kafka: KafkaSettings, workdir: Path, transport: str, port: int, events: int, seed: int
+) -> tuple[StageResult, float]:
+    with cli_processes(workdir) as start:
+        simulator = _start_simulator(start, port, events, seed)
+        before = sum(end_offsets(kafka, Topics.EVENTS.name).values())
+        streamer = start(
+            "streamer",
+            "stream",
+            env={
+                "FEDILAKE_STREAMER_INSTANCE_URL": simulator,
+                "FEDILAKE_STREAMER_TRANSPORT": transport,
+                "FEDILAKE_STREAMER_ACCESS_TOKEN": SIMULATOR_TOKEN,
+                "FEDILAKE_STREAMER_REFRESH_AGES_S": "",
+            },
+        )
+
+        def published() -> int:
+            return sum(end_offsets(kafka, Topics.EVENTS.name).values()) - before
+
+        t_first = wait_until("the first event in Kafka", lambda: published() > 0, 60, 0.02)
+        t_all = wait_until(f"{events} events in Kafka", lambda: published() >= events, 600, 0.05)
+        name = f"simulator -> streamer ({transport}) -> Kafka"
+        return StageResult(name, t_all - t_first, events), rss_mb(streamer.pid)
+
+
+SIMULATOR_TOKEN = SimulatorSettings().token.get_secret_value()
+
+
+def _our_reader_rate(simulator: str, count: int) -> float:
+    token = SIMULATOR_TOKEN
+    from streamer.sources import Source, TokenRef
+    from streamer.sse import StreamEvent
+    from streamer.transports import SseConnection
+
+    source = Source(simulator, "public", token=TokenRef(value=token))
+    connection = SseConnection(source, simulator, token, 30, requests.Session())
+    seen, started = 0, time.perf_counter()
+    for item in connection.items():
+        if isinstance(item, StreamEvent):
+            json.loads(item.data)  # what a consumer of the payload would do
+            seen += 1
+            if seen >= count:
+                break
+    seconds = time.perf_counter() - started
+    connection.close()
+    return count / seconds
+
+
+def _mastodon_py_reader_rate(simulator: str, count: int) -> float:
+    token = SIMULATOR_TOKEN
+    from mastodon import Mastodon, StreamListener
+
+    class Stop(Exception):
+        pass
+
+    class Counting(StreamListener):
+        seen = 0
+
+        def on_update(self, status: Any) -> None:
+            self.seen += 1
+            if self.seen >= count:
+                raise Stop
+
+    api = Mastodon(api_base_url=simulator, access_token=token)
+    listener = Counting()
+    started = time.perf_counter()
+    with contextlib.suppress(Stop):
+        api.stream_public(listener, run_async=False, reconnect_async=False)
+    return listener.seen / (time.perf_counter() - started)

@@ -138,9 +138,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             "start": args.start,
             "spread_s": args.spread,
             "ground_truth_file": args.ground_truth,
+            "heartbeat_s": args.heartbeat,
+            "instances": args.instances,
+            "federation_share": args.federation_share,
+            "edit_share": args.edit_share,
+            "delete_share": args.delete_share,
+            "reblog_share": args.reblog_share,
+            "faults": args.faults,
+            "stall_s": args.stall_s,
+            "rate_limit": args.rate_limit,
+            "rate_limit_window_s": args.rate_limit_window,
+            "timeline_limit": args.timeline_limit,
         }.items()
         if v is not None
     }
+    # The token comes from FEDILAKE_SIMULATOR_TOKEN only, never from the command line.
     run(SimulatorSettings(**overrides))
     return 0
 
@@ -308,8 +320,10 @@ def _num(value: int | None) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fedilake.bench import run_lake_bench, run_skeleton_bench
+    from fedilake.bench import run_lake_bench, run_skeleton_bench, run_streamer_bench
 
+    if args.target == "streamer":
+        return run_streamer_bench(args.events, out)
     if args.target == "lake":
         return run_lake_bench(args.events, out, hours=args.hours)
     return run_skeleton_bench(args.events, out)
@@ -380,6 +394,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", help="event time of the first status, e.g. 2026-11-20T10:00:00Z")
     p.add_argument("--spread", type=float, help="seconds of event time the statuses span")
     p.add_argument("--ground-truth", help="write the ground truth to this JSON file")
+    p.add_argument("--heartbeat", type=float, help="seconds between SSE :thump / WebSocket pings")
+    p.add_argument(
+        "--instances", type=int, help="simulated instances, on --port, --port + 1, ... (default 1)"
+    )
+    p.add_argument(
+        "--federation-share",
+        type=float,
+        help="chance a status also reaches each other instance, under its own id there (0-1)",
+    )
+    p.add_argument("--edit-share", type=float, help="share of events that edit a status (0-1)")
+    p.add_argument("--delete-share", type=float, help="share of events that delete one (0-1)")
+    p.add_argument("--reblog-share", type=float, help="share of new statuses that are boosts")
+    p.add_argument(
+        "--faults",
+        help="faults spread over --events: drop=N,stall=N,malformed=N,duplicate=N "
+        "(also at runtime: POST /api/v1/_fedilake/faults)",
+    )
+    p.add_argument("--stall-s", type=float, help="how long a planned stall lasts (default 15)")
+    p.add_argument("--rate-limit", type=int, help="REST requests per token per window (300)")
+    p.add_argument("--rate-limit-window", type=float, help="seconds of a rate-limit window (300)")
+    p.add_argument(
+        "--timeline-limit", type=int, help="newest statuses each instance keeps for REST reads"
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("stream", help="listen to a Mastodon stream and publish to Kafka")
@@ -406,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("bench", help="measure events/s through the pipeline on the local stack")
-    p.add_argument("target", choices=["skeleton", "lake"])
+    p.add_argument("target", choices=["skeleton", "streamer", "lake"])
     p.add_argument("--events", type=int, default=20000)
     p.add_argument("--hours", type=int, default=1, help="lake: event-time hours the events span")
     p.set_defaults(func=cmd_bench)

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from kafka.partitioner.default import murmur2
 
 # --------------------------------------------------------------------------- Kafka
@@ -110,7 +111,7 @@ class Envelope:
     @property
     def payload_json(self) -> Any:
         if self._parsed is None:
-            object.__setattr__(self, "_parsed", json.loads(self.payload))
+            object.__setattr__(self, "_parsed", orjson.loads(self.payload))
         return self._parsed
 
     def kafka_key(self) -> bytes:
@@ -120,7 +121,11 @@ class Envelope:
         return f"{self.instance}/{self.status_id or ''}".encode()
 
     def to_json(self) -> str:
-        return json.dumps(
+        return self.to_bytes().decode()
+
+    def to_bytes(self) -> bytes:
+        """Compact UTF-8 JSON, non-ASCII unescaped (what `json.dumps(ensure_ascii=False)` gives)."""
+        return orjson.dumps(
             {
                 "v": self.version,
                 "kind": self.kind.value,
@@ -132,18 +137,13 @@ class Envelope:
                 "uri": self.uri,
                 "status_id": self.status_id,
                 "payload": self.payload,
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
+            }
         )
-
-    def to_bytes(self) -> bytes:
-        return self.to_json().encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> Envelope:
         try:
-            doc = json.loads(raw)
+            doc = orjson.loads(raw)
             if not isinstance(doc.get("payload"), str):
                 raise TypeError("payload must be the server's text")
             return cls(

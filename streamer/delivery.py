@@ -22,7 +22,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from fedilake.contracts import MAX_MESSAGE_BYTES, Topics
+from fedilake.contracts import MAX_MESSAGE_BYTES, Topics, TopicSpec, partition_for
 from fedilake.settings import KafkaSettings
 
 from .spool import Spool, SpoolRecord
@@ -109,6 +109,7 @@ class KafkaDelivery:
         self._producer: KafkaProducer | None = None
         self._header_id = spool.spool_id.encode()
         self._outage_since: float | None = None
+        self._partition_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ the loop
 
@@ -141,7 +142,7 @@ class KafkaDelivery:
                 for record in self.spool.read(sent_seq, max_records=2000):
                     with self._lock:
                         self._in_flight.append(record.seq)
-                    if record.seq <= skip.get((record.topic, record.partition or 0), 0):
+                    if skip and record.seq <= skip.get(self._placement(record), 0):
                         self._mark(record.seq, None, None)  # already in Kafka
                         self.skipped += 1
                     else:
@@ -226,10 +227,13 @@ class KafkaDelivery:
             fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
         )
         try:
+            for spec in Topics.all():
+                found = consumer.partitions_for_topic(spec.name)
+                self._partition_counts[spec.name] = len(found) if found else spec.partitions
             partitions = [
-                TopicPartition(spec.name, p)
-                for spec in Topics.all()
-                for p in range(spec.partitions)
+                TopicPartition(name, p)
+                for name, count in self._partition_counts.items()
+                for p in range(count)
             ]
             consumer.assign(partitions)
             ends = consumer.end_offsets(partitions)
@@ -267,6 +271,14 @@ class KafkaDelivery:
             return skip
         finally:
             consumer.close()
+
+    def _placement(self, record: SpoolRecord) -> tuple[str, int]:
+        """The (topic, partition) a record went to: keyed ones by Kafka's murmur2 rule."""
+        if record.partition is not None:
+            return record.topic, record.partition
+        count = self._partition_counts.get(record.topic, Topics.named(record.topic).partitions)
+        spec = TopicSpec(record.topic, count)
+        return record.topic, partition_for(record.key, spec)
 
     def _our_seq(self, headers: list[tuple[str, bytes]] | None) -> int | None:
         found: dict[str, bytes] = dict(headers or [])

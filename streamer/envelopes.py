@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from fedilake.contracts import STREAMING_EVENT_KINDS, Envelope, EventKind, parse_time
 
@@ -73,8 +74,8 @@ def wrap_event(
 
 def _json_object(event: str, text: str) -> dict[str, Any]:
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
         raise MalformedEvent(f"{event} payload is not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise MalformedEvent(f"{event} payload is not a JSON object")

@@ -22,7 +22,6 @@ from fedilake.contracts import (
     EventKind,
     Topics,
     dead_letter_record,
-    partition_for,
 )
 
 from .backfill import newer
@@ -124,7 +123,8 @@ class Ingestor:
             return "withheld"
         value = published.to_bytes()
         raw_key = published.kafka_key()
-        self._append(Topics.EVENTS.name, raw_key, value, partition_for(raw_key, Topics.EVENTS))
+        # The producer's partitioner places it (as for any client); see `delivery.py`.
+        self._append(Topics.EVENTS.name, raw_key, value, None)
         if key is not None:
             state.mark_seen(key)
         for listener in self._published_listeners:
@@ -148,7 +148,7 @@ class Ingestor:
         """Called (under the ingest lock, so keep it quick) with every published envelope."""
         self._published_listeners.append(listener)
 
-    def _append(self, topic: str, key: bytes | None, value: bytes, partition: int) -> None:
+    def _append(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> None:
         while True:
             try:
                 self.spool.append(topic, key, value, partition)

@@ -24,7 +24,7 @@ CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
 CREATE INDEX IF NOT EXISTS local_ids_at ON local_ids (at);
 """
 
-MEMORY_KEYS = 200_000  # recent identities answered from memory; older ones from SQLite
+MEMORY_IDS = 200_000  # recent local ids answered from memory; older ones from SQLite
 
 
 class StreamerState:
@@ -38,7 +38,10 @@ class StreamerState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        # Every identity of the dedup window, as 64-bit hashes: the hot path never reads
+        # SQLite (a collision, ~1e-8 at a million keys, would drop one event).
+        self._known: set[int] = set()
+        self._load_known()
         self._uris: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._staged_seen: list[tuple[str, float]] = []
         self._staged_ids: list[tuple[str, str, str, float]] = []
@@ -49,11 +52,13 @@ class StreamerState:
 
     # ------------------------------------------------------------------ reads
 
+    def _load_known(self) -> None:
+        cutoff = time.time() - self.window_s
+        rows = self._db.execute("SELECT key FROM seen WHERE at >= ?", (cutoff,))
+        self._known = {hash(key) for (key,) in rows}
+
     def seen(self, key: str) -> bool:
-        if key in self._recent:
-            return True
-        row = self._db.execute("SELECT 1 FROM seen WHERE key = ?", (key,)).fetchone()
-        return row is not None
+        return hash(key) in self._known
 
     def uri_of(self, instance: str, local_id: str) -> str | None:
         found = self._uris.get((instance, local_id))
@@ -75,7 +80,7 @@ class StreamerState:
     # ------------------------------------------------------------------ staged writes
 
     def mark_seen(self, key: str) -> None:
-        self._remember(self._recent, key, None)
+        self._known.add(hash(key))
         self._staged_seen.append((key, time.time()))
 
     def map_id(self, instance: str, local_id: str, uri: str) -> None:
@@ -119,6 +124,9 @@ class StreamerState:
         db = self._db
         removed = db.execute("DELETE FROM seen WHERE at < ?", (cutoff,)).rowcount
         removed += db.execute("DELETE FROM local_ids WHERE at < ?", (cutoff,)).rowcount
+        if removed:
+            self._load_known()
+            self._known.update(hash(key) for key, _ in self._staged_seen)
         return removed
 
     def close(self) -> None:
@@ -128,5 +136,5 @@ class StreamerState:
     def _remember(cache: OrderedDict, key: object, value: object) -> None:
         cache[key] = value
         cache.move_to_end(key)
-        if len(cache) > MEMORY_KEYS:
+        if len(cache) > MEMORY_IDS:
             cache.popitem(last=False)
