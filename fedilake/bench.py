@@ -316,10 +316,15 @@ def run_streamer_bench(events: int, out: Callable[[str], None], reader_events: i
                 f"streamer RSS {streamer_mb:.0f} MB"
             )
         # The readers alone, without Kafka: what a listener built on each keeps up with.
-        with cli_processes(Path(tmp) / "readers") as start:
-            simulator = _start_simulator(start, base_port + 2, 2 * reader_events, seed)
-            ours = _our_reader_rate(simulator, reader_events)
-            theirs = _mastodon_py_reader_rate(simulator, reader_events)
+        # Each reader gets a simulator of its own holding exactly its statuses.
+        with cli_processes(Path(tmp) / "ours") as start:
+            ours = _our_reader_rate(
+                _start_simulator(start, base_port + 2, reader_events, seed), reader_events
+            )
+        with cli_processes(Path(tmp) / "mastodon-py") as start:
+            theirs = _mastodon_py_reader_rate(
+                _start_simulator(start, base_port + 2, reader_events, seed), reader_events
+            )
     out(f"  stream readers alone, {reader_events} statuses each, no Kafka:")
     out(f"    fedilake SSE reader (payload bytes kept)  {ours:>9,.0f} events/s")
     out(f"    Mastodon.py stream_public                 {theirs:>9,.0f} events/s")

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -329,6 +330,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_skeleton_bench(args.events, out)
 
 
+def cmd_scenario(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from fedilake.scenarios import StreamerScenario, run_streamer_scenario
+
+    scenario = StreamerScenario(
+        events=args.events,
+        rate=args.rate,
+        kafka_outage_s=args.kafka_outage,
+        kills=args.kills,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="fedilake-scenario-"))
+    verdict = run_streamer_scenario(scenario, workdir, out)
+    out(f"logs in {workdir}")
+    out("EXACT: every event once, in order" if verdict.exact else "NOT EXACT")
+    return 0 if verdict.exact else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from fedilake.pipeline import run_pipeline
 
@@ -447,6 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=20000)
     p.add_argument("--hours", type=int, default=1, help="lake: event-time hours the events span")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "scenario",
+        help="run a fault scenario on the local stack and judge it against the ground truth",
+    )
+    p.add_argument("target", choices=["streamer"])
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--rate", type=float, default=1000.0, help="simulated events per second")
+    p.add_argument("--kafka-outage", type=float, default=60.0, help="seconds Kafka is stopped")
+    p.add_argument("--kills", type=int, default=2, help="kill -9 of the streamer, spread out")
+    p.set_defaults(func=cmd_scenario)
 
     p = sub.add_parser("query", help="read the metrics from HBase")
     p.add_argument("report", choices=["top-hashtags"])

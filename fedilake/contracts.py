@@ -179,19 +179,26 @@ def parse_time(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
+DEAD_LETTER_KEEP_BYTES = 4 * 1024 * 1024
+
+
 def dead_letter_record(reason: str, original: bytes, source: str) -> bytes:
     """The dead-letter message: why it was rejected, where from, and the original bytes.
 
     `original_base64` holds the bytes exactly; `original` is their text for people to read
-    (undecodable bytes replaced).
+    (undecodable bytes replaced). Beyond 4 MiB only the first 4 MiB are kept, marked
+    `truncated`, so one absurd payload cannot block the topic; `original_size` is the size.
     """
+    kept = original[:DEAD_LETTER_KEEP_BYTES]
     return json.dumps(
         {
             "reason": reason,
             "source": source,
             "rejected_at": format_time(datetime.now(UTC)),
-            "original": original.decode("utf-8", errors="replace"),
-            "original_base64": base64.b64encode(original).decode("ascii"),
+            "original_size": len(original),
+            "truncated": len(kept) < len(original),
+            "original": kept[: 64 * 1024].decode("utf-8", errors="replace"),
+            "original_base64": base64.b64encode(kept).decode("ascii"),
         },
         ensure_ascii=False,
     ).encode()

@@ -63,6 +63,23 @@ class GapBackfiller:
         self.overlap_s = overlap_s
         self.stop = stop
 
+    def recent(
+        self, source: Source, token: str | None, rate_limit: RateLimit
+    ) -> Iterator[StreamEvent]:
+        """The newest page, oldest first: on a first start, what came just before we listened."""
+        path, params = timeline_of(source.stream)
+        event = "notification" if source.stream == "user:notification" else "update"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        page = self._get(
+            source.instance_url + path,
+            {**params, "limit": str(self.page_size)},
+            headers,
+            source,
+            rate_limit,
+        )
+        for item in reversed(page):
+            yield StreamEvent(event, _compact(item))
+
     def events(
         self, source: Source, token: str | None, checkpoint: str, rate_limit: RateLimit
     ) -> Iterator[StreamEvent]:

@@ -53,7 +53,9 @@ class Streamer:
         self.drain_s = drain_s
         state_dir: Path = settings.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(state_dir / "spool", max_bytes=settings.spool_max_bytes)
+        self.spool = Spool(
+            state_dir / "spool", max_bytes=settings.spool_max_bytes, tail_cache_bytes=4 << 20
+        )
         self.state = StreamerState(state_dir / "state.sqlite3", settings.dedup_window_s)
         self.ingestor = Ingestor(
             self.spool, self.state, max_event_bytes=settings.max_event_bytes, optout_policy=policy
@@ -97,7 +99,11 @@ class Streamer:
 
     def start(self) -> None:
         self.ingestor.recover()
-        self._spawn("sender", self.delivery.run)
+        for refresher in self.refreshers:
+            resumed = refresher.resume(self.state)
+            if resumed:
+                log.info("re-scheduled %d refreshes of %s", resumed, refresher.instance_url)
+        self._spawn("sender", self._deliver)
         self._spawn(
             "spool-sync",
             self.ingestor.sync_periodically,
@@ -111,6 +117,18 @@ class Streamer:
         self._spawn("reporter", self._report, daemon=True)
         log.info("streaming %d sources: %s", len(self.sources), ", ".join(map(str, self.sources)))
 
+    def _deliver(self) -> None:
+        try:
+            self.delivery.run()
+        except BaseException:
+            # Without a sender nothing reaches Kafka: stop loudly rather than spool forever.
+            log.critical("the Kafka sender failed; stopping the streamer", exc_info=True)
+            self.sender_failed = True
+            self.stop_requested.set()
+            raise
+
+    sender_failed = False
+
     def _spawn(self, name: str, target: object, *args: object, daemon: bool = False) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=daemon)  # type: ignore[arg-type]
         thread.start()
@@ -123,7 +141,7 @@ class Streamer:
                 log.error("no source can be read; stopping")
                 self.stop()
                 return 2
-        return 0
+        return 3 if self.sender_failed else 0
 
     def stop(self) -> None:
         if self.stop_requested.is_set() and self.ingestor_closed:

@@ -29,6 +29,10 @@ from .spool import Spool, SpoolRecord
 
 log = logging.getLogger(__name__)
 
+# kafka-python 3 has no bound on its buffer: the sender keeps at most this many records
+# unacknowledged, so a backlog waits in the spool, not in memory.
+MAX_IN_FLIGHT = 2000
+
 SPOOL_HEADER = "fedilake.spool"
 SEQ_HEADER = "fedilake.seq"
 
@@ -110,6 +114,7 @@ class KafkaDelivery:
         self._header_id = spool.spool_id.encode()
         self._outage_since: float | None = None
         self._partition_counts: dict[str, int] = {}
+        self._acked = threading.Event()
 
     # ------------------------------------------------------------------ the loop
 
@@ -138,8 +143,12 @@ class KafkaDelivery:
                 failure, self._failure = self._failure, None
                 log.warning("Kafka gave up on a batch (%s); reconciling with the spool", failure)
                 return
-            if self.spool.wait_durable(sent_seq, timeout=0.2):
-                for record in self.spool.read(sent_seq, max_records=2000):
+            if len(self._in_flight) >= MAX_IN_FLIGHT:
+                self._acked.wait(0.2)
+                self._acked.clear()
+            elif self.spool.wait_durable(sent_seq, timeout=0.2):
+                room = MAX_IN_FLIGHT - len(self._in_flight)
+                for record in self.spool.read(sent_seq, max_records=room):
                     with self._lock:
                         self._in_flight.append(record.seq)
                     if skip and record.seq <= skip.get(self._placement(record), 0):
@@ -195,6 +204,7 @@ class KafkaDelivery:
                 done = self._in_flight.popleft()
                 self._done.discard(done)
                 self.delivered.acked_seq = max(self.delivered.acked_seq, done)
+        self._acked.set()
 
     def _checkpoint(self) -> None:
         with self._lock:

@@ -1,13 +1,16 @@
 """Seeded generator of realistic Mastodon statuses, and the ground truth of what it emitted.
 
-Pure: no I/O. The simulator draws statuses from a `StatusGenerator` and records each in
-a `GroundTruth`, which tests compare with what the pipeline counted.
+Pure: no I/O. The simulator draws statuses (and boosts and edits of them) from a
+`StatusGenerator` and records each in a `GroundTruth`, which tests compare with what
+the pipeline counted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import math
 import random
 import re
 from bisect import bisect
@@ -21,6 +24,7 @@ from urllib.parse import quote
 
 from fedilake.contracts import Granularity, bucket_of, format_time, parse_time
 from fedilake.settings import SimulatorSettings
+from streamer.optouts import account_opts_out
 
 DEFAULT_DOMAIN = "sim.fedilake.example"
 
@@ -260,32 +264,53 @@ _BLURHASHES: tuple[str, ...] = (
     "U35OcP%MD%j[~qt7IUayIUWBofj[Rjayt7fQ",
 )
 
-_HTML_TAG = re.compile(r"<[^>]+>")
+_HASHTAG_LINK = re.compile(
+    r' ?<a href="[^"]*" class="mention hashtag" rel="tag">#<span>[^<]*</span></a>'
+)
 _SNOWFLAKE_SEQ_BITS = 16
+_EDIT_NOTES: tuple[str, ...] = ("Edit: typo.", "Edit: added a link.", "Edit: better tags.", "✏️")
 
 
-def account_opts_out(account: Mapping[str, Any]) -> bool:
-    """Whether an account asked not to be indexed: `noindex`, `indexable: false`,
-    `discoverable: false`, or `#nobot` / `#noindex` in its bio.
+def status_domain(status: Mapping[str, Any]) -> str:
+    """The home domain of a status's author (from the account's profile URL)."""
+    return str(status["account"]["url"]).split("/")[2]
 
-    The bio is HTML (`#<span>nobot</span>`), so tags are stripped before looking.
+
+def engagement_counts(seed: int, uri: str, age_s: float) -> dict[str, int]:
+    """Favourites, boosts and replies of a status `age_s` seconds after it was posted.
+
+    Pure and deterministic: a per-status popularity drawn from a hash of `seed` and the
+    `uri`, growing with the logarithm of the age (fast at first, then slowly), so a
+    later re-fetch never sees lower counts and usually sees higher ones.
     """
-    if account.get("noindex") is True:
-        return True
-    if account.get("indexable") is False or account.get("discoverable") is False:
-        return True
-    note = _HTML_TAG.sub("", str(account.get("note") or "")).lower()
-    return "#nobot" in note or "#noindex" in note
+    digest = hashlib.blake2b(f"{seed}:{uri}".encode(), digest_size=12).digest()
+    u1, u2, u3 = (int.from_bytes(digest[i : i + 4], "big") / 2**32 for i in (0, 4, 8))
+    popularity = 4.0 + 60.0 * u1**3  # most statuses modest, a few popular
+    growth = math.log1p(max(age_s, 0.0) / 2.0)
+    return {
+        "replies_count": int(popularity * 0.15 * u3 * growth),
+        "reblogs_count": int(popularity * (0.1 + 0.3 * u2) * growth),
+        "favourites_count": int(popularity * growth),
+    }
 
 
 def _zipf_cumulative(size: int, exponent: float) -> list[float]:
     return list(itertools.accumulate(1.0 / (rank + 1) ** exponent for rank in range(size)))
 
 
-def _snowflake(moment: datetime, sequence: int) -> int:
+def snowflake(moment: datetime, sequence: int) -> int:
     """Mastodon's ID layout: milliseconds since the epoch, then 16 bits of sequence."""
     millis = int(moment.timestamp() * 1000)
     return (millis << _SNOWFLAKE_SEQ_BITS) | (sequence & ((1 << _SNOWFLAKE_SEQ_BITS) - 1))
+
+
+def _hashtag_html(domain: str, name: str, rng: random.Random) -> str:
+    """A hashtag link as the author's server renders it, sometimes capitalised."""
+    shown = name[:1].upper() + name[1:] if rng.random() < 0.25 else name
+    return (
+        f'<a href="https://{domain}/tags/{quote(name)}" '
+        f'class="mention hashtag" rel="tag">#<span>{escape(shown)}</span></a>'
+    )
 
 
 def _link_html(url: str) -> str:
@@ -322,6 +347,14 @@ class StatusGenerator:
     dict. The same seed draws the same statuses; with a fixed `start` the times and
     IDs are the same too.
 
+    Statuses are rendered as `domain` (the first simulated instance) shows them.
+    About a third of the authors live on a simulated instance: on `domain`, or, when
+    `local_domains` names several, on one of them (drawn from a separate random
+    stream, so the statuses themselves do not change); the rest on remote servers.
+    About 8% of the statuses reply to a recent one. Boosts (`reblog_of`) and edits
+    (`edit_of`) take the random stream they are given, so a caller that draws them
+    from its own stream leaves the sequence of new statuses as it was.
+
     Event time: status `i` is created at `start + i * spread_num / spread_den`
     seconds when `start` is given, else at `clock()`.
     """
@@ -339,6 +372,7 @@ class StatusGenerator:
         tag_exponent: float = 1.1,
         account_exponent: float = 1.0,
         opt_out_share: float = 0.03,
+        local_domains: Sequence[str] | None = None,
     ) -> None:
         if start is not None and start.tzinfo is None:
             raise ValueError("start must be timezone-aware (UTC)")
@@ -346,6 +380,12 @@ class StatusGenerator:
             raise ValueError("spread_den must be positive")
         self._rng = random.Random(seed)
         self._domain = domain
+        self._local_domains = tuple(local_domains) if local_domains else (domain,)
+        if self._local_domains[0] != domain:
+            raise ValueError("local_domains must start with domain")
+        # Which simulated instance a local author lives on: its own stream, so that
+        # adding instances moves authors without changing what they post.
+        self._home_rng = random.Random(f"{seed}:homes")
         self._start = start
         self._spread_num = spread_num
         self._spread_den = spread_den
@@ -371,6 +411,7 @@ class StatusGenerator:
         *,
         domain: str = DEFAULT_DOMAIN,
         clock: Callable[[], datetime] | None = None,
+        local_domains: Sequence[str] | None = None,
     ) -> StatusGenerator:
         """`events` statuses spread evenly over `spread_s` from `start`; without a
         bounded `events`, one status every `1 / rate` seconds from `start`."""
@@ -382,12 +423,22 @@ class StatusGenerator:
         else:
             num, den = 0.0, 1.0
         return cls(
-            settings.seed, domain=domain, start=start, spread_num=num, spread_den=den, clock=clock
+            settings.seed,
+            domain=domain,
+            start=start,
+            spread_num=num,
+            spread_den=den,
+            clock=clock,
+            local_domains=local_domains,
         )
 
     @property
     def domain(self) -> str:
         return self._domain
+
+    @property
+    def local_domains(self) -> tuple[str, ...]:
+        return self._local_domains
 
     @property
     def emitted(self) -> int:
@@ -407,17 +458,22 @@ class StatusGenerator:
 
     # ------------------------------------------------------------------ drawing
 
-    def _pick(self, cumulative: Sequence[float]) -> int:
-        return bisect(cumulative, self._rng.random() * cumulative[-1])
+    def _pick(self, cumulative: Sequence[float], rng: random.Random | None = None) -> int:
+        return bisect(cumulative, (rng or self._rng).random() * cumulative[-1])
 
-    def next_status(self) -> dict[str, Any]:
+    def _next_id(self, created: datetime, index: int) -> str:
+        status_id = max(snowflake(created, index), self._last_id + 1)
+        self._last_id = status_id
+        return str(status_id)
+
+    def next_status(self, index: int | None = None) -> dict[str, Any]:
+        """The next new status; `index` (default: how many were drawn) sets its event time."""
         rng = self._rng
-        index = self._emitted
+        if index is None:
+            index = self._emitted
         self._emitted += 1
         created = self.event_time(index)
-        status_id = max(_snowflake(created, index), self._last_id + 1)
-        self._last_id = status_id
-        sid = str(status_id)
+        sid = self._next_id(created, index)
         author = self._authors[self._pick(self._author_cum)]
         language = self._languages[self._pick(self._language_cum)]
 
@@ -437,11 +493,7 @@ class StatusGenerator:
         if link is not None:
             parts.append(_link_html(link))
         for name in tag_names:
-            shown = name[:1].upper() + name[1:] if rng.random() < 0.25 else name
-            parts.append(
-                f'<a href="https://{author.domain}/tags/{quote(name)}" '
-                f'class="mention hashtag" rel="tag">#<span>{escape(shown)}</span></a>'
-            )
+            parts.append(_hashtag_html(author.domain, name, rng))
         content = "<p>" + " ".join(parts) + "</p>"
 
         status: dict[str, Any] = {
@@ -462,20 +514,92 @@ class StatusGenerator:
             "content": content,
             "reblog": None,
         }
-        if author.local:
+        if author.domain == self._domain:
             status["application"] = {"name": "Web", "website": None}
         status["account"] = author.payload
         status["media_attachments"] = media
         status["mentions"] = [mention for mention, _ in mentioned]
-        status["tags"] = [
-            {"name": name, "url": f"https://{self._domain}/tags/{quote(name)}"}
-            for name in tag_names
-        ]
+        status["tags"] = self._tag_entities(tag_names)
         status["emojis"] = []
         status["card"] = self._card(link, language) if link and rng.random() < 0.7 else None
         status["poll"] = None
         self._recent.append((sid, author.id))
         return status
+
+    def _tag_entities(self, names: Sequence[str]) -> list[dict[str, str]]:
+        return [
+            {"name": name, "url": f"https://{self._domain}/tags/{quote(name)}"} for name in names
+        ]
+
+    def reblog_of(
+        self, original: Mapping[str, Any], rng: random.Random, index: int | None = None
+    ) -> dict[str, Any]:
+        """A boost of `original` by an author drawn from `rng`, as Mastodon serialises it:
+        an empty status of its own whose `reblog` is the original."""
+        if index is None:
+            index = self._emitted
+        self._emitted += 1
+        created = self.event_time(index)
+        sid = self._next_id(created, index)
+        booster = self._authors[self._pick(self._author_cum, rng)]
+        uri = f"https://{booster.domain}/users/{booster.username}/statuses/{sid}/activity"
+        status: dict[str, Any] = {
+            "id": sid,
+            "created_at": format_time(created),
+            "in_reply_to_id": None,
+            "in_reply_to_account_id": None,
+            "sensitive": False,
+            "spoiler_text": "",
+            "visibility": "public",
+            "language": None,
+            "uri": uri,
+            "url": uri,
+            "replies_count": 0,
+            "reblogs_count": 0,
+            "favourites_count": 0,
+            "edited_at": None,
+            "content": "",
+            "reblog": dict(original),
+        }
+        if booster.domain == self._domain:
+            status["application"] = None
+        status["account"] = booster.payload
+        status["media_attachments"] = []
+        status["mentions"] = []
+        status["tags"] = []
+        status["emojis"] = []
+        status["card"] = None
+        status["poll"] = None
+        return status
+
+    def edit_of(
+        self, status: Mapping[str, Any], rng: random.Random, at: datetime | None = None
+    ) -> dict[str, Any]:
+        """A new version of `status` (same id and uri) with other hashtags, a changed text
+        and `edited_at` at `at` (default: now), always after the previous version."""
+        created = parse_time(str(status["created_at"]))
+        previous = parse_time(str(status["edited_at"])) if status.get("edited_at") else created
+        edited = max(at or self._clock(), previous + timedelta(milliseconds=1))
+        old = [str(tag["name"]) for tag in status.get("tags") or ()]
+        names = [name for name in old if rng.random() < 0.6]
+        if len(names) < 4 and (names == old or rng.random() < 0.6):
+            for _ in range(8):
+                name = HASHTAG_VOCABULARY[self._pick(self._tag_cum, rng)]
+                if name not in old and name not in names:
+                    names.append(name)
+                    break
+        if names == old:
+            names = names[:-1] if names else ["fedilake"]
+        domain = status_domain(status)
+        body = _HASHTAG_LINK.sub("", str(status.get("content") or ""))
+        body = body.removeprefix("<p>").removesuffix("</p>")
+        parts = [body, escape(rng.choice(_EDIT_NOTES))]
+        parts.extend(_hashtag_html(domain, name, rng) for name in names)
+        edit = dict(status)
+        edit["content"] = "<p>" + " ".join(p for p in parts if p) + "</p>"
+        edit["edited_at"] = format_time(edited)
+        edit["tags"] = self._tag_entities(names)
+        return edit
 
     def _draw_tags(self) -> list[str]:
         rng = self._rng
@@ -532,7 +656,7 @@ class StatusGenerator:
             path = f"media_attachments/files/{media_id[:3]}/{media_id[3:6]}/{media_id[6:9]}"
             remote = (
                 None
-                if author.local
+                if author.domain == self._domain
                 else f"https://files.{author.domain}/{path}/original/{key}.{ext}"
             )
             width, height = rng.choice(((1280, 960), (1080, 1350), (1920, 1080), (800, 800)))
@@ -630,11 +754,15 @@ class StatusGenerator:
             username = base if rng.random() < 0.6 else f"{base}{rng.randint(1, 999)}"
             local = rng.random() < 0.35
             domain = self._domain if local else rng.choice(REMOTE_DOMAINS)
+            # Local usernames are unique over all simulated instances, so that moving
+            # users between them draws the same pool.
             if (username, domain) in used:
                 continue
             used.add((username, domain))
+            if local and len(self._local_domains) > 1:
+                domain = self._home_rng.choice(self._local_domains)
             created = epoch + timedelta(days=rng.randrange(3500))
-            account_id = str(_snowflake(created, len(authors)))
+            account_id = str(snowflake(created, len(authors)))
             followers = int(rng.paretovariate(1.1) * 8) - 8
             opt_out = rng.random() < opt_out_share
             noindex = discoverable_off = indexable_off = False
@@ -660,7 +788,7 @@ class StatusGenerator:
             payload: dict[str, Any] = {
                 "id": account_id,
                 "username": username,
-                "acct": username if local else f"{username}@{domain}",
+                "acct": username if domain == self._domain else f"{username}@{domain}",
                 "display_name": base.capitalize(),
                 "locked": False,
                 "bot": rng.random() < 0.03,
@@ -682,7 +810,8 @@ class StatusGenerator:
                 "hide_collections": False,
             }
             if local:
-                # Mastodon only reports `noindex` for its own users.
+                # Mastodon only reports `noindex` for its own users; the simulated
+                # instances share their users' settings, so every one reports it.
                 payload["noindex"] = noindex
             payload["emojis"] = []
             payload["roles"] = []
@@ -708,7 +837,13 @@ class GroundTruth:
 
     A status counts in the hour of its `created_at`; each distinct lowercased tag
     name of a status counts once. `indexable_hashtags_by_hour` leaves out statuses
-    whose author opted out of indexing (`account_opts_out`).
+    whose author opted out of indexing (`account_opts_out`). A boost has no tags of
+    its own and counts for none (its original counted when it was posted).
+
+    The hashtag counts are those of the final state: `forget` takes a deleted status's
+    tags out again and `revise` replaces an edited status's tags with its new ones (in
+    the hour it was created). `statuses` and `opted_out_statuses` count every status
+    ever recorded, deleted or not.
     """
 
     statuses: int = 0
@@ -730,6 +865,32 @@ class GroundTruth:
         self.hashtags_by_hour.setdefault(hour, Counter()).update(names)
         if not opted_out:
             self.indexable_hashtags_by_hour.setdefault(hour, Counter()).update(names)
+
+    def forget(self, status: Mapping[str, Any]) -> None:
+        """Take a deleted status's tags out of the hashtag counts."""
+        self._count_tags(status, -1)
+
+    def revise(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        """Count an edited status with its new tags instead of its old ones."""
+        self._count_tags(old, -1)
+        self._count_tags(new, +1)
+
+    def _count_tags(self, status: Mapping[str, Any], sign: int) -> None:
+        names = {str(tag["name"]).lower() for tag in status.get("tags") or ()}
+        if not names:
+            return
+        hour = self._hour_of(str(status["created_at"]))
+        tables = [self.hashtags_by_hour]
+        if not account_opts_out(status.get("account") or {}):
+            tables.append(self.indexable_hashtags_by_hour)
+        for by_hour in tables:
+            counts = by_hour.setdefault(hour, Counter())
+            for name in names:
+                counts[name] += sign
+                if counts[name] <= 0:
+                    del counts[name]
+            if not counts:
+                del by_hour[hour]
 
     def _hour_of(self, created: str) -> str:
         # Parsing is the slow part; every status of one UTC hour shares the prefix.

@@ -106,7 +106,7 @@ class StreamListener:
                 self.connections += 1
                 log.info("connected to %s", self.source)
                 backoff = 1.0
-                self._backfill(token)
+                self._backfill_safely(token)
                 self._read(self._connection)
             except (StreamAuthError, SourceConfigError, IngestClosed):
                 raise
@@ -124,12 +124,33 @@ class StreamListener:
             self.stop_requested.wait(delay)
             backoff = min(backoff * 2, self.reconnect_max_s)
 
+    def _backfill_safely(self, token: str | None) -> None:
+        """A failed backfill is reported, never a reason to stop reading the stream."""
+        try:
+            self._backfill(token)
+        except IngestClosed:
+            raise
+        except (requests.RequestException, OSError, ValueError, StreamAuthError) as exc:
+            self.backfill_failures += 1
+            log.warning(
+                "backfill of %s failed (%s); statuses of the gap may be missing",
+                self.source,
+                _reason(exc),
+            )
+
+    backfill_failures = 0
+
     def _backfill(self, token: str | None) -> None:
         checkpoint = self.ingestor.state_checkpoint(self.source)
-        if checkpoint is None or self.backfiller.max_pages == 0:
+        if self.backfiller.max_pages == 0:
             return
+        events = (
+            self.backfiller.recent(self.source, token, self.rate_limit)
+            if checkpoint is None
+            else self.backfiller.events(self.source, token, checkpoint, self.rate_limit)
+        )
         fetched = published = 0
-        for event in self.backfiller.events(self.source, token, checkpoint, self.rate_limit):
+        for event in events:
             fetched += 1
             if self.ingestor.offer(self.source, event, backfilled=True) == "published":
                 published += 1
@@ -138,7 +159,7 @@ class StreamListener:
             log.info(
                 "backfilled %s from id %s: %d fetched, %d were missing",
                 self.source,
-                checkpoint,
+                checkpoint or "(first start: the newest page)",
                 fetched,
                 published,
             )

@@ -16,6 +16,7 @@ from fedilake.contracts import Envelope, EventKind
 from .ingest import IngestClosed, Ingestor
 from .ratelimit import RateLimit
 from .sources import Source
+from .state import StreamerState
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class EngagementRefresher:
     It uses at most `share` of the instance's rate limit, leaving the rest to gap
     backfill; what it cannot fetch in time waits (the backlog is logged). A status gone
     (404) is published as a delete, which also catches deletes a dropped stream missed.
-    The schedule lives in memory: statuses tracked before a restart are not refreshed.
+    The schedule lives in memory and is rebuilt at start from the state's local ids.
     """
 
     def __init__(
@@ -70,11 +71,26 @@ class EngagementRefresher:
             or not envelope.status_id
         ):
             return
-        now = time.time()
+        self.track_id(envelope.status_id, envelope.uri, time.time())
+
+    def track_id(self, local_id: str, uri: str, seen_at: float) -> None:
         with self._lock:
             for age in self.ages_s:
-                heapq.heappush(self._due, _Due(now + age, envelope.status_id, envelope.uri, age))
+                heapq.heappush(self._due, _Due(seen_at + age, local_id, uri, age))
         self._wake.set()
+
+    def resume(self, ingestor_state: StreamerState) -> int:
+        """After a restart: schedule again what the last run tracked and had not yet fetched.
+
+        This is also how a delete lost with a crashed process is found: the re-fetch of
+        its status answers 404 and is published as a delete.
+        """
+        horizon = time.time() - max(self.ages_s, default=0) - 60
+        resumed = 0
+        for local_id, uri, seen_at in ingestor_state.recent_ids(self.instance_url, horizon):
+            self.track_id(local_id, uri, seen_at)
+            resumed += 1
+        return resumed
 
     @property
     def backlog(self) -> int:

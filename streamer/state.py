@@ -69,6 +69,14 @@ class StreamerState:
         ).fetchone()
         return row[0] if row else None
 
+    def recent_ids(self, instance: str, since: float) -> list[tuple[str, str, float]]:
+        """(local id, uri, first seen) of the statuses of `instance` seen since `since` (epoch s)."""
+        rows = self._db.execute(
+            "SELECT id, uri, at FROM local_ids WHERE instance = ? AND at >= ? ORDER BY at",
+            (instance, since),
+        )
+        return [(str(i), str(u), float(a)) for i, u, a in rows]
+
     def checkpoint(self, source: str) -> str | None:
         return self._checkpoints.get(source)
 

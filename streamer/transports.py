@@ -132,7 +132,8 @@ class WebSocketConnection:
         params = websocket_params(source.stream)
         url = f"{ws_base(streaming_base)}/api/v1/streaming?{urlencode(params)}"
         header = [f"Authorization: Bearer {token}"] if token else []
-        self._ws = websocket.WebSocket(enable_multithread=True)
+        # UTF-8 is checked once, by the envelope; websocket-client checks it in pure Python.
+        self._ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True)
         self._ws.settimeout(stall_timeout_s)
         try:
             self._ws.connect(url, header=header, timeout=10)

@@ -112,6 +112,12 @@ class _MalformedStream(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
+        if self.path.startswith("/api/v1/timelines/"):
+            # A server without REST timelines: backfill fails, the stream must go on.
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.headers.get("Authorization") != "Bearer good":
             self.send_response(401)
             self.end_headers()
@@ -173,3 +179,47 @@ def test_a_refused_token_is_a_clear_error_naming_the_instance(
     assert isinstance(error, StreamAuthError)
     assert url in str(error) and "read:statuses" in str(error)
     assert "s3cret-wrong" not in str(error) and "s3cret-wrong" not in caplog.text
+
+
+def test_refreshes_carry_the_counts_the_instance_returned_and_opt_outs_are_anonymous(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    # A generous rate limit: the refresher takes at most half of it (FEDILAKE_STREAMER_REFRESH_SHARE).
+    settings = SimulatorSettings(port=0, events=300, rate=300, seed=9, rate_limit=5000)
+    simulator = asyncio.run_coroutine_threadsafe(start_simulator(settings), loop).result(30)
+    try:
+        with running_streamer(
+            tmp_path,
+            instance_url=simulator.url,
+            access_token=SimulatorSettings().token,
+            refresh_ages_s="1,2",
+        ) as streamer:
+            wait_until("the simulator", lambda: simulator.done)
+            wait_until(
+                "two refreshes of every status",
+                lambda: sum(r.refreshed for r in streamer.refreshers) >= 600,
+                90,
+            )
+            wait_until("Kafka to take them", lambda: streamer.delivery.acked >= 900)
+        truth = simulator.ground_truth()
+    finally:
+        asyncio.run_coroutine_threadsafe(simulator.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+
+    ours = [
+        Envelope.from_bytes(v)
+        for v in read_topic(Topics.EVENTS.name, lambda v: simulator.url.encode() in v, 900)
+    ]
+    last_refresh = {e.uri: e.payload_json for e in ours if e.kind is EventKind.REFRESH and e.uri}
+    assert len(last_refresh) == 300
+    for uri, counts in truth["engagement"].items():
+        refreshed = last_refresh[uri]
+        for field in ("favourites_count", "reblogs_count", "replies_count"):
+            assert refreshed[field] == counts[field], (uri, field)
+
+    statuses = [e.payload_json for e in ours if e.kind is EventKind.STATUS]
+    anonymous = [s for s in statuses if s.get("fedilake_anonymized")]
+    assert len(anonymous) == truth["opted_out_statuses"] > 0
+    assert all(s["account"]["acct"] == "" and s["content"] == "" for s in anonymous)

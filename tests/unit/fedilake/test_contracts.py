@@ -340,3 +340,11 @@ def test_dead_letter_records_of_different_originals_differ() -> None:
     first = json.loads(dead_letter_record("r", invalid, "s"))["original"]
     second = json.loads(dead_letter_record("r", literal, "s"))["original"]
     assert first != second
+
+
+def test_dead_letter_record_of_a_huge_payload_keeps_its_first_4_mib() -> None:
+    original = b"x" * (5 * 1024 * 1024)
+    record = json.loads(dead_letter_record("too big", original, "stream"))
+    assert record["truncated"] is True and record["original_size"] == len(original)
+    assert base64.b64decode(record["original_base64"]) == original[: 4 * 1024 * 1024]
+    assert len(record["original"]) == 64 * 1024

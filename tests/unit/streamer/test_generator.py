@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -16,8 +18,10 @@ from streamer.generator import (
     HASHTAG_VOCABULARY,
     GroundTruth,
     StatusGenerator,
-    account_opts_out,
+    engagement_counts,
+    status_domain,
 )
+from streamer.optouts import account_opts_out
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -175,3 +179,95 @@ def test_ground_truth_matches_a_recount_of_the_statuses() -> None:
         expected.setdefault(hour, Counter()).update({t["name"] for t in status["tags"]})
     assert truth.hashtags_by_hour == {h: c for h, c in expected.items() if c}
     assert sorted(truth.hashtags_by_hour) == ["2026112310", "2026112311"]
+
+
+def test_generator_spreads_local_authors_over_several_instances_without_changing_statuses() -> None:
+    domains = (DEFAULT_DOMAIN, "sim1.fedilake.example", "sim2.fedilake.example")
+    one = _generator().take(600)
+    many = StatusGenerator(
+        7, start=START, spread_num=3600.0, spread_den=1000.0, local_domains=domains
+    ).take(600)
+    for a, b in zip(one, many, strict=True):
+        assert (a["id"], a["created_at"], a["language"]) == (
+            b["id"],
+            b["created_at"],
+            b["language"],
+        )
+        assert [t["name"] for t in a["tags"]] == [t["name"] for t in b["tags"]]
+        assert a["account"]["username"] == b["account"]["username"]
+    homes = Counter(status_domain(s) for s in many)
+    assert all(homes[d] > 20 for d in domains)
+    for status in many:
+        home = status_domain(status)
+        assert ("@" not in status["account"]["acct"]) is (home == DEFAULT_DOMAIN)
+        assert ("application" in status) is (home == DEFAULT_DOMAIN)
+    with pytest.raises(ValueError):
+        StatusGenerator(1, local_domains=("other.example",))
+
+
+def test_generator_boost_wraps_the_original() -> None:
+    generator = _generator()
+    original = generator.take(5)[-1]
+    boost = generator.reblog_of(original, random.Random(3))
+    assert boost["reblog"] == original and boost["reblog"] is not original
+    assert boost["uri"].endswith(f"/statuses/{boost['id']}/activity")
+    assert int(boost["id"]) > int(original["id"])
+    assert boost["content"] == "" and boost["tags"] == [] and boost["media_attachments"] == []
+    assert parse_time(boost["created_at"]) > parse_time(original["created_at"])
+    assert list(boost) == list(original)  # the same fields, in Mastodon's order
+    following = generator.next_status()
+    assert int(following["id"]) > int(boost["id"])
+
+
+def test_generator_edit_changes_tags_and_text_later() -> None:
+    generator = _generator()
+    rng = random.Random(5)
+    for status in generator.take(200):
+        edit = generator.edit_of(status, rng, at=START)
+        assert (edit["id"], edit["uri"], edit["created_at"]) == (
+            status["id"],
+            status["uri"],
+            status["created_at"],
+        )
+        assert edit["tags"] != status["tags"] and edit["content"] != status["content"]
+        assert parse_time(edit["edited_at"]) > parse_time(status["created_at"])
+        names = [t["name"] for t in edit["tags"]]
+        assert len(names) == len(set(names)) <= 4
+        for name in names:
+            assert f"#<span>{name}</span>" in edit["content"].lower()
+        again = generator.edit_of(edit, rng, at=START)
+        assert again["edited_at"] > edit["edited_at"]
+
+
+def test_engagement_counts_are_deterministic_and_grow_with_age() -> None:
+    uris = [s["uri"] for s in _generator().take(200)]
+    for uri in uris:
+        counts = [engagement_counts(42, uri, age) for age in (0, 1, 10, 600, 86400)]
+        assert counts[0] == {"replies_count": 0, "reblogs_count": 0, "favourites_count": 0}
+        for earlier, later in itertools.pairwise(counts):
+            assert all(later[k] >= earlier[k] for k in earlier)
+        assert counts[-1]["favourites_count"] > counts[2]["favourites_count"]
+        assert engagement_counts(42, uri, 600) == counts[3]
+    assert len({engagement_counts(42, uri, 3600)["favourites_count"] for uri in uris}) > 20
+    assert engagement_counts(42, uris[0], 3600) != engagement_counts(43, uris[0], 3600)
+
+
+def test_ground_truth_forgets_deleted_and_revises_edited_statuses() -> None:
+    truth = GroundTruth()
+    kept = _status("2026-11-23T11:02:03.000Z", "rust", "python")
+    edited = _status("2026-11-23T11:30:00.000Z", "rust")
+    deleted = _status("2026-11-23T12:00:00.000Z", "go", opted_out=True)
+    for status in (kept, edited, deleted):
+        truth.record(status)
+    truth.revise(edited, _status("2026-11-23T11:30:00.000Z", "zig", "Python"))
+    truth.forget(deleted)
+    fresh = GroundTruth()
+    for status in (kept, _status("2026-11-23T11:30:00.000Z", "zig", "python")):
+        fresh.record(status)
+    assert (
+        truth.hashtags_by_hour
+        == fresh.hashtags_by_hour
+        == {"2026112311": Counter({"python": 2, "rust": 1, "zig": 1})}
+    )
+    assert truth.indexable_hashtags_by_hour == fresh.indexable_hashtags_by_hour
+    assert truth.statuses == 3 and truth.opted_out_statuses == 1

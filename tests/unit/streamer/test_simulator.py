@@ -236,7 +236,8 @@ def test_simulator_drops_a_subscriber_that_falls_behind(
                 server._emit(1)
                 fast.queue.get_nowait()
         assert server.subscriber_count == 1
-        assert slow.queue.get_nowait() == b""  # told to end its response
+        assert slow.queue.get_nowait() is None  # told to end its response, nothing queued
+        assert slow.closing
         assert "slow" in caplog.text
         assert TOKEN not in caplog.text
 
