@@ -21,7 +21,7 @@ from kafka import KafkaProducer
 
 from fedilake.contracts import Metric, Topics, TopicSpec
 from fedilake.kafka_topics import end_offsets, ensure_topics
-from fedilake.pipeline import cli_processes, initialize
+from fedilake.pipeline import child_pids, cli_processes, initialize
 from fedilake.settings import (
     HBaseSettings,
     HdfsSettings,
@@ -307,13 +307,13 @@ def run_streamer_bench(events: int, out: Callable[[str], None], reader_events: i
     base_port = 18600 + os.getpid() % 100 * 3
     with tempfile.TemporaryDirectory(prefix="fedilake-bench-") as tmp:
         for n, transport in enumerate(("sse", "websocket")):
-            stage, streamer_mb = _streamer_stage(
+            stage, (readers_mb, sender_mb) = _streamer_stage(
                 kafka, Path(tmp) / transport, transport, base_port + n, events, seed + n
             )
             out(
                 f"  {stage.name:44} {stage.rate:>9,.0f} events/s  "
-                f"({stage.rate / baseline.rate:.2f} x bare producer), "
-                f"streamer RSS {streamer_mb:.0f} MB"
+                f"({stage.rate / baseline.rate:.2f} x bare producer), RSS {readers_mb:.0f} MB "
+                f"readers + {sender_mb:.0f} MB sender process"
             )
         # The readers alone, without Kafka: what a listener built on each keeps up with.
         # Each reader gets a simulator of its own holding exactly its statuses.
@@ -351,7 +351,7 @@ def _start_simulator(start: Callable[..., Any], port: int, events: int, seed: in
 
 def _streamer_stage(
     kafka: KafkaSettings, workdir: Path, transport: str, port: int, events: int, seed: int
-) -> tuple[StageResult, float]:
+) -> tuple[StageResult, tuple[float, float]]:
     with cli_processes(workdir) as start:
         simulator = _start_simulator(start, port, events, seed)
         before = sum(end_offsets(kafka, Topics.EVENTS.name).values())
@@ -372,7 +372,9 @@ def _streamer_stage(
         t_first = wait_until("the first event in Kafka", lambda: published() > 0, 60, 0.02)
         t_all = wait_until(f"{events} events in Kafka", lambda: published() >= events, 600, 0.05)
         name = f"simulator -> streamer ({transport}) -> Kafka"
-        return StageResult(name, t_all - t_first, events), rss_mb(streamer.pid)
+        readers = rss_mb(streamer.pid)
+        sender = sum(rss_mb(child) for child in child_pids(streamer.pid))
+        return StageResult(name, t_all - t_first, events), (readers, sender)
 
 
 SIMULATOR_TOKEN = SimulatorSettings().token.get_secret_value()

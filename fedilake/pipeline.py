@@ -65,6 +65,17 @@ def spawn_cli(
         )
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (Linux /proc), e.g. the streamer's sender."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return found
+
+
 @contextmanager
 def cli_processes(workdir: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start named `fedilake` subcommands for a test or benchmark; all are stopped at exit."""

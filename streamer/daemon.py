@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.process
+import os
 import threading
 import time
 from pathlib import Path
@@ -12,7 +15,7 @@ import requests
 from fedilake.settings import KafkaSettings, StreamerSettings
 
 from .backfill import GapBackfiller
-from .delivery import KafkaDelivery
+from .delivery import run_sender_process
 from .ingest import Ingestor
 from .listener import StreamListener
 from .optouts import OptOutPolicy
@@ -60,9 +63,17 @@ class Streamer:
         self.ingestor = Ingestor(
             self.spool, self.state, max_event_bytes=settings.max_event_bytes, optout_policy=policy
         )
-        self.delivery = KafkaDelivery(
-            self.spool, kafka, state_dir, trim_limit=lambda: self.state.spool_seq
-        )
+        self.kafka = kafka
+        self.state_dir = state_dir
+        context = multiprocessing.get_context("spawn")
+        self._context = context
+        self._durable = context.Value("q", 0, lock=False)
+        self._acked = context.Value("q", 0, lock=False)
+        self._delivered = context.Value("q", 0, lock=False)
+        self._sender_stop = context.Event()
+        self._sender: multiprocessing.process.BaseProcess | None = None
+        self.sender_restarts = 0
+        self.ingestor.on_durable = self._set_durable
         self.stop_requested = threading.Event()
         session = requests.Session()
         rate_limits: dict[str, RateLimit] = {}
@@ -97,13 +108,61 @@ class Streamer:
         self._threads: list[threading.Thread] = []
         self._sync_stop = threading.Event()
 
+    def _set_durable(self, seq: int) -> None:
+        self._durable.value = seq
+
+    @property
+    def delivered_events(self) -> int:
+        """Messages Kafka acknowledged since start (dead letters included)."""
+        return int(self._delivered.value)
+
+    @property
+    def acked_seq(self) -> int:
+        return int(self._acked.value)
+
+    def _start_sender(self) -> None:
+        self._sender = self._context.Process(
+            target=run_sender_process,
+            name="fedilake-sender",
+            args=(
+                str(self.spool.directory),
+                str(self.state_dir),
+                self.kafka.bootstrap_servers,
+                self.kafka.client_id,
+                self._durable,
+                self._acked,
+                self._delivered,
+                self._sender_stop,
+                os.getpid(),
+            ),
+            daemon=False,
+        )
+        self._sender.start()
+
+    def _watch_sender(self) -> None:
+        """Trim what Kafka took; restart the sender if it died (it reconciles on start)."""
+        while not self._sender_stop.wait(1.0):
+            self.ingestor.trim_spool(self.acked_seq)
+            sender = self._sender
+            if sender is not None and not sender.is_alive() and not self.stop_requested.is_set():
+                self.sender_restarts += 1
+                log.error(
+                    "the Kafka sender exited (code %s); restarting it (%d restarts)",
+                    sender.exitcode,
+                    self.sender_restarts,
+                )
+                self._start_sender()
+
     def start(self) -> None:
         self.ingestor.recover()
+        self._durable.value = self.spool.durable_seq
+        self._acked.value = 0
         for refresher in self.refreshers:
             resumed = refresher.resume(self.state)
             if resumed:
                 log.info("re-scheduled %d refreshes of %s", resumed, refresher.instance_url)
-        self._spawn("sender", self._deliver)
+        self._start_sender()
+        self._spawn("watch-sender", self._watch_sender, daemon=True)
         self._spawn(
             "spool-sync",
             self.ingestor.sync_periodically,
@@ -117,18 +176,6 @@ class Streamer:
         self._spawn("reporter", self._report, daemon=True)
         log.info("streaming %d sources: %s", len(self.sources), ", ".join(map(str, self.sources)))
 
-    def _deliver(self) -> None:
-        try:
-            self.delivery.run()
-        except BaseException:
-            # Without a sender nothing reaches Kafka: stop loudly rather than spool forever.
-            log.critical("the Kafka sender failed; stopping the streamer", exc_info=True)
-            self.sender_failed = True
-            self.stop_requested.set()
-            raise
-
-    sender_failed = False
-
     def _spawn(self, name: str, target: object, *args: object, daemon: bool = False) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=daemon)  # type: ignore[arg-type]
         thread.start()
@@ -141,7 +188,7 @@ class Streamer:
                 log.error("no source can be read; stopping")
                 self.stop()
                 return 2
-        return 3 if self.sender_failed else 0
+        return 0
 
     def stop(self) -> None:
         if self.stop_requested.is_set() and self.ingestor_closed:
@@ -154,14 +201,23 @@ class Streamer:
         self._sync_stop.set()
         self.ingestor.close()
         self.ingestor_closed = True
-        if not self.delivery.drain(self.drain_s):
+        deadline = time.monotonic() + self.drain_s
+        while self.acked_seq < self.spool.durable_seq and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.acked_seq < self.spool.durable_seq:
             log.warning(
                 "Kafka did not take everything within %.0fs; %d events stay in the spool "
                 "for the next start",
                 self.drain_s,
-                self.spool.durable_seq - self.delivery.delivered.acked_seq,
+                self.spool.durable_seq - self.acked_seq,
             )
-        self.delivery.stop()
+        self._sender_stop.set()
+        sender = self._sender
+        if sender is not None:
+            sender.join(30)
+            if sender.is_alive():
+                sender.terminate()
+                sender.join(5)
         for thread in self._threads:
             if not thread.daemon:
                 thread.join(30)
@@ -175,7 +231,7 @@ class Streamer:
             counts["duplicate"],
             counts["dead-lettered"],
             counts["withheld"],
-            self.delivery.acked,
+            self.delivered_events,
         )
 
     ingestor_closed = False
@@ -193,5 +249,5 @@ class Streamer:
                 published,
                 rate,
                 self.ingestor.counts["duplicate"],
-                max(self.spool.last_seq - self.delivery.delivered.acked_seq, 0),
+                max(self.spool.last_seq - self.acked_seq, 0),
             )

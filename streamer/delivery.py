@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
@@ -25,7 +25,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from fedilake.contracts import MAX_MESSAGE_BYTES, Topics, TopicSpec, partition_for
 from fedilake.settings import KafkaSettings
 
-from .spool import Spool, SpoolRecord
+from .spool import SpoolRecord, SpoolTailer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,25 @@ def make_producer(settings: KafkaSettings) -> KafkaProducer:
         delivery_timeout_ms=120_000,
         max_block_ms=5_000,
     )
+
+
+class DurableLog(Protocol):
+    """What the sender needs of the spool: the owner's `Spool` in-process, or a `TailedSpool`."""
+
+    @property
+    def spool_id(self) -> str: ...
+
+    @property
+    def durable_seq(self) -> int: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+    def wait_durable(self, after_seq: int, timeout: float) -> bool: ...
+
+    def read(self, after_seq: int, max_records: int = 1000) -> list[SpoolRecord]: ...
+
+    def trim(self, upto_seq: int) -> int: ...
 
 
 class _Delivered:
@@ -91,7 +110,7 @@ class KafkaDelivery:
 
     def __init__(
         self,
-        spool: Spool,
+        spool: DurableLog,
         kafka: KafkaSettings,
         state_dir: Path,
         trim_limit: Callable[[], int],
@@ -183,8 +202,12 @@ class KafkaDelivery:
         future.add_errback(self._on_error)
         self.sent += 1
 
+    delivered_counter: Any = None  # a shared counter the owning process reads, if any
+
     def _on_ack(self, seq: int, topic: str, metadata: Any) -> None:
         self._mark(seq, topic, metadata)
+        if self.delivered_counter is not None:
+            self.delivered_counter.value += 1
         if self._outage_since is not None:
             log.info("Kafka is back after %.0fs", time.monotonic() - self._outage_since)
             self._outage_since = None
@@ -321,3 +344,93 @@ class KafkaDelivery:
     def stop(self) -> None:
         """Ask the sender to finish; `run` closes the producer (flushing) and saves its position."""
         self.stop_requested.set()
+
+
+# --------------------------------------------------------------------------- the sender process
+
+
+class TailedSpool:
+    """The spool seen from the sender process: records come from disk, the owner says how far
+    they are durable (a shared counter) and trims what this process reports acknowledged."""
+
+    def __init__(self, directory: Path, durable: Any, acked: Any) -> None:
+        self.directory = directory
+        self._durable = durable
+        self._acked = acked
+        self._tailer: SpoolTailer | None = None
+        self._position = -1
+        self.spool_id = SpoolTailer(directory, 0).spool_id
+
+    @property
+    def durable_seq(self) -> int:
+        return int(self._durable.value)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.glob("spool-*.log"))
+
+    def wait_durable(self, after_seq: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._durable.value <= after_seq:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def read(self, after_seq: int, max_records: int = 1000) -> list[SpoolRecord]:
+        if self._tailer is None or after_seq != self._position:
+            if self._tailer is not None:
+                self._tailer.close()
+            self._tailer = SpoolTailer(self.directory, after_seq)
+        records = self._tailer.read(self.durable_seq, max_records)
+        self._position = records[-1].seq if records else after_seq
+        return records
+
+    def trim(self, upto_seq: int) -> int:
+        self._acked.value = max(int(self._acked.value), upto_seq)
+        return 0
+
+
+def run_sender_process(
+    spool_dir: str,
+    state_dir: str,
+    bootstrap_servers: str,
+    client_id: str,
+    durable: Any,
+    acked: Any,
+    delivered_events: Any,
+    stop: Any,
+    parent_pid: int,
+) -> None:
+    """The child process of `fedilake stream` that moves the spool to Kafka.
+
+    Running apart from the readers lets it use its own core (kafka-python's per-record
+    cost is the bulk of the work). It stops when asked, or when its parent is gone.
+    """
+    import signal
+    import sys
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    delivery = KafkaDelivery(
+        TailedSpool(Path(spool_dir), durable, acked),
+        KafkaSettings(bootstrap_servers=bootstrap_servers, client_id=client_id),
+        Path(state_dir),
+        trim_limit=lambda: 2**62,
+    )
+    delivery.delivered_counter = delivered_events
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            if os.getppid() != parent_pid:
+                log.error("the streamer is gone; the sender stops")
+                break
+        delivery.stop()
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+    delivery.run()

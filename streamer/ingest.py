@@ -175,7 +175,18 @@ class Ingestor:
     def _sync_locked(self) -> int:
         durable = self.spool.sync()
         self.state.commit(durable)
+        if self.on_durable is not None:
+            self.on_durable(durable)
         return durable
+
+    on_durable: Callable[[int], None] | None = None  # told each durable position (the sender)
+
+    def trim_spool(self, acked_seq: int) -> int:
+        """Drop spool segments Kafka acknowledged and the state no longer needs."""
+        with self._lock:
+            if self._closed:
+                return 0
+            return self.spool.trim(min(acked_seq, self.state.spool_seq))
 
     def sync_periodically(self, every_s: float, stop: threading.Event) -> None:
         last_expiry = time.monotonic()

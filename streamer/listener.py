@@ -113,6 +113,10 @@ class StreamListener:
             except (requests.RequestException, OSError, ConnectionError) as exc:
                 if not self.stop_requested.is_set():
                     log.warning("stream %s interrupted: %s", self.source, _reason(exc))
+            except Exception:
+                # A listener that dies silently loses its source for good: log and go on.
+                if not self.stop_requested.is_set():
+                    log.exception("unexpected error reading %s; reconnecting", self.source)
             finally:
                 if self._connection is not None:
                     self._connection.close()

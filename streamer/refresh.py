@@ -6,12 +6,12 @@ import heapq
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import requests
 
-from fedilake.contracts import Envelope, EventKind
+from fedilake.contracts import Envelope, EventKind, parse_time
 
 from .ingest import IngestClosed, Ingestor
 from .ratelimit import RateLimit
@@ -34,7 +34,8 @@ class EngagementRefresher:
 
     It uses at most `share` of the instance's rate limit, leaving the rest to gap
     backfill; what it cannot fetch in time waits (the backlog is logged). A status gone
-    (404) is published as a delete, which also catches deletes a dropped stream missed.
+    (404) is published as a delete, and one edited since as an edit: this also recovers
+    the deletes and edits a dropped stream or a killed process missed.
     The schedule lives in memory and is rebuilt at start from the state's local ids.
     """
 
@@ -175,11 +176,16 @@ class EngagementRefresher:
             log.warning("refresh of %s answered with something that is not JSON", due.uri)
             return
         if created:
-            from fedilake.contracts import parse_time
-
-            object.__setattr__(envelope, "created_at", parse_time(str(created)))
+            envelope = replace(envelope, created_at=parse_time(str(created)))
         self.ingestor.take(None, envelope)
         self.refreshed += 1
+        if envelope.payload_json.get("edited_at"):
+            # An edit we missed (a dropped stream or a crash) shows here: publish it; the
+            # ingestor drops it if that version was already published.
+            edit = replace(
+                envelope, kind=EventKind.EDIT, event="status.update", stream=self.source.stream
+            )
+            self.ingestor.take(None, edit)
 
     def stop(self) -> None:
         self.stop_requested.set()

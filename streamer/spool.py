@@ -777,3 +777,92 @@ class Spool:
         # Only new highs warn again; a trim that lowers usage without going below
         # warn_ratio would otherwise make every small climb back repeat the warning.
         self._next_warn_at = self._warn_threshold(max(level, self._warn_level) + 1)
+
+
+class SpoolTailer:
+    """Reads a spool's records in order from another process: no lock, no writes.
+
+    The owning process tells it how far the spool is durable (`read(durable_seq, ...)`);
+    it never returns a record beyond that, so a half-written frame is never seen. The
+    owner trims only what the tailer's reader acknowledged, so the segment being read
+    stays in place.
+    """
+
+    def __init__(self, directory: Path, after_seq: int) -> None:
+        self.directory = Path(directory)
+        self.spool_id = (self.directory / _ID_FILE).read_text().strip()
+        self._next = after_seq + 1
+        self._file: BinaryIO | None = None
+        self._offset = 0
+        self._first_seq_of_file = 0
+
+    def _segments(self) -> list[tuple[int, Path]]:
+        return sorted(
+            (int(m.group(1)), p)
+            for p in self.directory.iterdir()
+            if (m := _SEGMENT_NAME.fullmatch(p.name))
+        )
+
+    def _open_for(self, seq: int) -> bool:
+        """Open the segment holding `seq`, positioned at its start; False if there is none."""
+        candidates = [(first, path) for first, path in self._segments() if first <= seq]
+        if not candidates:
+            return False
+        first, path = candidates[-1]
+        if self._file is not None:
+            self._file.close()
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115
+        self._offset = 0
+        self._first_seq_of_file = first
+        return True
+
+    def read(self, durable_seq: int, max_records: int = 1000) -> list[SpoolRecord]:
+        out: list[SpoolRecord] = []
+        if self._next > durable_seq:
+            return out
+        if self._file is None and not self._open_for(self._next):
+            return out
+        while len(out) < max_records and self._next <= durable_seq:
+            assert self._file is not None
+            end = os.fstat(self._file.fileno()).st_size
+            scanner = _FrameScanner(self._file, self._offset, end)
+            progressed = False
+            while len(out) < max_records:
+                try:
+                    frame = scanner.next()
+                except _BadFrame:
+                    break  # a frame still being written: it is beyond durable_seq
+                if frame is None:
+                    break
+                at, body = frame
+                seq = _body_seq(body)
+                if seq > durable_seq:
+                    break
+                self._offset = scanner.pos
+                progressed = True
+                if seq < self._next:
+                    continue  # before where we start
+                if seq != self._next:
+                    raise SpoolCorrupt(
+                        f"spool {self.directory}: seq {seq} where {self._next} was due"
+                    )
+                out.append(_decode_body(body, at))
+                self._next += 1
+            if len(out) >= max_records or self._next > durable_seq:
+                break
+            if not progressed:
+                # This segment is done: the next record is in the next segment.
+                nxt = self.directory / segment_name(self._next)
+                if not nxt.exists():
+                    break
+                if self._file is not None:
+                    self._file.close()
+                self._file = open(nxt, "rb", buffering=0)  # noqa: SIM115
+                self._offset = 0
+                self._first_seq_of_file = self._next
+        return out
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

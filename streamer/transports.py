@@ -16,6 +16,7 @@ from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
+import urllib3
 import websocket
 
 from .sources import Source, Transport, stream_path, websocket_params
@@ -91,12 +92,25 @@ class SseConnection:
 
     def items(self) -> Iterator[StreamItem]:
         parser = SseParser()
+        raw = self._response.raw
+        pending = b""
         try:
-            for line in self._response.iter_lines(chunk_size=READ_CHUNK):
-                item = parser.feed(line)
-                if item is not None:
-                    yield item
-        except (AttributeError, ValueError) as exc:
+            while True:
+                # read1: whatever has arrived (up to a chunk). requests' iter_lines waits
+                # for a full chunk on a response without chunked encoding, which holds a
+                # quiet stream's events back until 64 KB have come.
+                data = raw.read1(READ_CHUNK)
+                if not data:
+                    return
+                lines = (pending + data).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    item = parser.feed(line[:-1] if line.endswith(b"\r") else line)
+                    if item is not None:
+                        yield item
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise TimeoutError("no byte and no heartbeat within the stall timeout") from exc
+        except (AttributeError, ValueError, urllib3.exceptions.HTTPError) as exc:
             if not self._closed:
                 raise ConnectionError(f"stream read failed: {exc}") from exc
 

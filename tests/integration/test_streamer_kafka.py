@@ -79,7 +79,7 @@ def test_every_simulated_event_reaches_kafka_exactly_once(
         tmp_path, instance_url=simulator.url, access_token=SimulatorSettings().token
     ) as streamer:
         wait_until("the simulator", lambda: simulator.done)
-        wait_until("500 events in Kafka", lambda: streamer.delivery.acked >= 500)
+        wait_until("500 events in Kafka", lambda: streamer.delivered_events >= 500)
     assert streamer.ingestor.counts["published"] == 500
 
     def ours(value: bytes) -> bool:
@@ -134,6 +134,14 @@ class _MalformedStream(BaseHTTPRequestHandler):
         self.wfile.write(f"event: update\ndata: {{not json {self.marker}\n\n".encode())
         self.wfile.write(f"event: update\ndata: {json.dumps(status)}\n\n".encode())
         self.wfile.flush()
+        # Then stay connected, as a stream does: a reconnect would send both events again.
+        for _ in range(60):
+            time.sleep(0.5)
+            try:
+                self.wfile.write(b":thump\n")
+                self.wfile.flush()
+            except OSError:
+                return
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -154,7 +162,7 @@ def test_malformed_events_go_to_the_dead_letter_topic_and_the_stream_goes_on(
 ) -> None:
     url, marker = malformed_server
     with running_streamer(tmp_path, instance_url=url, access_token="good") as streamer:
-        wait_until("both events in Kafka", lambda: streamer.delivery.acked >= 2, 30)
+        wait_until("both events in Kafka", lambda: streamer.delivered_events >= 2, 30)
     assert streamer.ingestor.counts["published"] == 1
     assert streamer.ingestor.counts["dead-lettered"] == 1
 
@@ -202,7 +210,7 @@ def test_refreshes_carry_the_counts_the_instance_returned_and_opt_outs_are_anony
                 lambda: sum(r.refreshed for r in streamer.refreshers) >= 600,
                 90,
             )
-            wait_until("Kafka to take them", lambda: streamer.delivery.acked >= 900)
+            wait_until("Kafka to take them", lambda: streamer.delivered_events >= 900)
         truth = simulator.ground_truth()
     finally:
         asyncio.run_coroutine_threadsafe(simulator.stop(), loop).result(30)

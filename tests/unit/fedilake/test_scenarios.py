@@ -52,3 +52,12 @@ def test_missing_duplicated_unexpected_and_reordered_are_each_reported() -> None
     assert verdict.unexpected == [("u3", "status", None)]
     assert verdict.out_of_order == ["u1"]
     assert not verdict.exact
+
+
+def test_a_delete_of_a_status_never_seen_is_counted_apart() -> None:
+    unseen = Envelope(EventKind.DELETE, "http://a", "public", "delete", T, None, None, "77", "77")
+    verdict = judge(
+        EXPECTED[:2], [_envelope(EventKind.STATUS, "u1"), _envelope(EventKind.STATUS, "u2"), unseen]
+    )
+    verdict.unknown_expected, verdict.dead_letters_expected = 0, 0
+    assert verdict.exact and verdict.unresolved_deletes == 1

@@ -153,3 +153,14 @@ def test_state_and_spool_agree_after_a_crash_between_fsync_and_commit(tmp_path: 
     reopened.close()
     with pytest.raises(IngestClosed):
         reopened.offer(A, _status("3", "https://a.example/s/3"))
+
+
+def test_gotosocial_ulid_ids_are_statuses_and_checkpoints_like_any_other(
+    ingestor: Ingestor,
+) -> None:
+    gts = Source("https://gts.example", "public")
+    for ulid in ("01HF7YAT31JZZ2T0KX6QJXKK5S", "01HF7YAT31JZZ2T0KX6QJXKK5T"):
+        assert ingestor.offer(gts, _status(ulid, f"https://gts.example/s/{ulid}")) == "published"
+    assert ingestor.state_checkpoint(gts) == "01HF7YAT31JZZ2T0KX6QJXKK5T"
+    assert ingestor.offer(gts, StreamEvent("delete", b"01HF7YAT31JZZ2T0KX6QJXKK5S")) == "published"
+    assert _published(ingestor)[-1].uri == "https://gts.example/s/01HF7YAT31JZZ2T0KX6QJXKK5S"

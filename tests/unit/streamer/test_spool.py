@@ -378,3 +378,22 @@ def test_kill_9_leaves_every_synced_record_readable(tmp_path: Path) -> None:
 def test_segment_names_sort_by_seq() -> None:
     assert segment_name(1) == "spool-00000000000000000001.log"
     assert sorted([segment_name(10), segment_name(9)]) == [segment_name(9), segment_name(10)]
+
+
+def test_a_tailer_in_another_process_reads_durable_records_in_order(tmp_path: Path) -> None:
+    from streamer.spool import SpoolTailer
+
+    spool = Spool(tmp_path / "s", segment_bytes=4096)
+    for n in range(50):
+        spool.append("t", f"k{n}".encode(), b"v" * 200)
+    durable = spool.sync()
+    for n in range(50, 60):
+        spool.append("t", f"k{n}".encode(), b"v" * 200)  # appended, not yet durable
+    tailer = SpoolTailer(tmp_path / "s", after_seq=10)
+    got = tailer.read(durable, max_records=1000)
+    assert [r.seq for r in got] == list(range(11, 51))  # across several segment files
+    assert tailer.read(durable) == []
+    assert [r.seq for r in tailer.read(spool.sync())] == list(range(51, 61))
+    assert tailer.spool_id == spool.spool_id
+    tailer.close()
+    spool.close()
