@@ -192,6 +192,9 @@ def run_streamer_scenario(
                 # Refreshes re-fetch every status; the default 300 per 5 minutes would
                 # make a short run wait for its refreshes.
                 "FEDILAKE_SIMULATOR_RATE_LIMIT": "1000000",
+                # Statuses past the timeline cap answer 404 to a refresh, which the
+                # streamer rightly takes for a delete: keep every status of the run.
+                "FEDILAKE_SIMULATOR_TIMELINE_LIMIT": str(max(scenario.events, 20000)),
             },
         )
         _wait("the simulator", lambda: all(_ok(f"{u}/api/v1/streaming/health") for u in urls), 30)
