@@ -9,6 +9,7 @@ Per partition the idempotent producer keeps order, so what landed is a prefix.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -433,4 +434,15 @@ def run_sender_process(
         delivery.stop()
 
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
-    delivery.run()
+    # One sender at a time per state directory: after a kill -9 of the streamer its old
+    # sender may still be flushing; reconciling before it is done could send twice.
+    lock = os.open(Path(state_dir) / "sender.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for the previous sender to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        delivery.run()
+    finally:
+        os.close(lock)
