@@ -219,10 +219,17 @@ def run_streamer_scenario(
             if kill_times and now >= kill_times[0]:
                 kill_times.pop(0)
                 children = child_pids(streamer.pid)
-                out(f"  kill -9 of the streamer (pid {streamer.pid}, children {children})")
-                os.kill(streamer.pid, signal.SIGKILL)
+                # Every other kill takes the sender process down too (a crashed host or
+                # container): the restarted sender must then find in Kafka what landed.
+                everything = (scenario.kills - len(kill_times)) % 2 == 0
+                victims = [streamer.pid, *children] if everything else [streamer.pid]
+                out(
+                    f"  kill -9 of {victims} (the streamer and {'its children' if everything else 'not its children'})"
+                )
+                for pid in victims:
+                    os.kill(pid, signal.SIGKILL)
                 streamer.wait()
-                # Its sender process must notice and stop on its own, not linger.
+                # A sender left alive must notice and stop on its own, not linger.
                 _wait_gone(children, 15)
                 streamer = start("streamer", "stream", env=streamer_env)
             truth = _get(truth_url)

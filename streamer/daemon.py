@@ -107,6 +107,7 @@ class Streamer:
                 self.refreshers.append(refresher)
         self._threads: list[threading.Thread] = []
         self._sync_stop = threading.Event()
+        self.ingestor_closed = False
 
     def _set_durable(self, seq: int) -> None:
         self._durable.value = seq
@@ -233,8 +234,6 @@ class Streamer:
             counts["withheld"],
             self.delivered_events,
         )
-
-    ingestor_closed = False
 
     def _report(self, every_s: float = 10.0) -> None:
         last, last_t = 0, time.monotonic()

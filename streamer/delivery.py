@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
@@ -57,25 +57,6 @@ def make_producer(settings: KafkaSettings) -> KafkaProducer:
     )
 
 
-class DurableLog(Protocol):
-    """What the sender needs of the spool: the owner's `Spool` in-process, or a `TailedSpool`."""
-
-    @property
-    def spool_id(self) -> str: ...
-
-    @property
-    def durable_seq(self) -> int: ...
-
-    @property
-    def size_bytes(self) -> int: ...
-
-    def wait_durable(self, after_seq: int, timeout: float) -> bool: ...
-
-    def read(self, after_seq: int, max_records: int = 1000) -> list[SpoolRecord]: ...
-
-    def trim(self, upto_seq: int) -> int: ...
-
-
 class _Delivered:
     """How far Kafka has acknowledged, persisted so a restart knows where to look."""
 
@@ -107,19 +88,20 @@ class _Delivered:
 
 
 class KafkaDelivery:
-    """The sender thread: spool → Kafka, trimming the spool behind it."""
+    """The sender loop (in the sender process): spool → Kafka, reporting what Kafka took."""
 
     def __init__(
         self,
-        spool: DurableLog,
+        spool: TailedSpool,
         kafka: KafkaSettings,
         state_dir: Path,
-        trim_limit: Callable[[], int],
         producer_factory: Callable[[KafkaSettings], KafkaProducer] = make_producer,
+        delivered_counter: Any = None,
     ) -> None:
         self.spool = spool
         self.kafka = kafka
-        self.trim_limit = trim_limit
+        # A counter shared with the owning process: messages Kafka acknowledged.
+        self.delivered_counter = delivered_counter
         self.producer_factory = producer_factory
         self.delivered = _Delivered(state_dir / "delivered.json", spool.spool_id)
         self.stop_requested = threading.Event()
@@ -203,8 +185,6 @@ class KafkaDelivery:
         future.add_errback(self._on_error)
         self.sent += 1
 
-    delivered_counter: Any = None  # a shared counter the owning process reads, if any
-
     def _on_ack(self, seq: int, topic: str, metadata: Any) -> None:
         self._mark(seq, topic, metadata)
         if self.delivered_counter is not None:
@@ -234,7 +214,7 @@ class KafkaDelivery:
         with self._lock:
             self.delivered.save()
             acked = self.delivered.acked_seq
-        self.spool.trim(min(acked, self.trim_limit()))
+        self.spool.acknowledge(acked)
 
     def _note_outage(self, exc: BaseException) -> None:
         if self._outage_since is None:
@@ -333,15 +313,6 @@ class KafkaDelivery:
                 log.warning("closing the Kafka producer: %s", exc)
             self._producer = None
 
-    def drain(self, timeout_s: float) -> bool:
-        """Wait until Kafka acknowledged everything durable (or the timeout); True if it did."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.delivered.acked_seq >= self.spool.durable_seq:
-                return True
-            time.sleep(0.05)
-        return self.delivered.acked_seq >= self.spool.durable_seq
-
     def stop(self) -> None:
         """Ask the sender to finish; `run` closes the producer (flushing) and saves its position."""
         self.stop_requested.set()
@@ -387,9 +358,9 @@ class TailedSpool:
         self._position = records[-1].seq if records else after_seq
         return records
 
-    def trim(self, upto_seq: int) -> int:
+    def acknowledge(self, upto_seq: int) -> None:
+        """Kafka has everything up to `upto_seq`: the owner may trim the spool that far."""
         self._acked.value = max(int(self._acked.value), upto_seq)
-        return 0
 
 
 def run_sender_process(
@@ -418,24 +389,9 @@ def run_sender_process(
     )
     logging.getLogger("kafka").setLevel(logging.ERROR)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    delivery = KafkaDelivery(
-        TailedSpool(Path(spool_dir), durable, acked),
-        KafkaSettings(bootstrap_servers=bootstrap_servers, client_id=client_id),
-        Path(state_dir),
-        trim_limit=lambda: 2**62,
-    )
-    delivery.delivered_counter = delivered_events
-
-    def watch() -> None:
-        while not stop.wait(0.5):
-            if os.getppid() != parent_pid:
-                log.error("the streamer is gone; the sender stops")
-                break
-        delivery.stop()
-
-    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
     # One sender at a time per state directory: after a kill -9 of the streamer its old
-    # sender may still be flushing; reconciling before it is done could send twice.
+    # sender may still be flushing. This one reads where Kafka stopped (delivered.json)
+    # and reconciles only once that one is done, or it could send a record twice.
     lock = os.open(Path(state_dir) / "sender.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -443,6 +399,21 @@ def run_sender_process(
         except BlockingIOError:
             log.info("waiting for the previous sender to finish")
             fcntl.flock(lock, fcntl.LOCK_EX)
+        delivery = KafkaDelivery(
+            TailedSpool(Path(spool_dir), durable, acked),
+            KafkaSettings(bootstrap_servers=bootstrap_servers, client_id=client_id),
+            Path(state_dir),
+            delivered_counter=delivered_events,
+        )
+
+        def watch() -> None:
+            while not stop.wait(0.5):
+                if os.getppid() != parent_pid:
+                    log.error("the streamer is gone; the sender stops")
+                    break
+            delivery.stop()
+
+        threading.Thread(target=watch, name="watch-parent", daemon=True).start()
         delivery.run()
     finally:
         os.close(lock)

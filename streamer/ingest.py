@@ -63,6 +63,8 @@ class Ingestor:
         self._lock = threading.Lock()
         self._closed = False
         self._published_listeners: list[PublishedListener] = []
+        # Told each durable spool position (the daemon passes it to the sender process).
+        self.on_durable: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------------ intake
 
@@ -178,8 +180,6 @@ class Ingestor:
         if self.on_durable is not None:
             self.on_durable(durable)
         return durable
-
-    on_durable: Callable[[int], None] | None = None  # told each durable position (the sender)
 
     def trim_spool(self, acked_seq: int) -> int:
         """Drop spool segments Kafka acknowledged and the state no longer needs."""

@@ -80,6 +80,7 @@ class StreamListener:
         self.stop_requested = threading.Event()
         self.connections = 0
         self.backfilled = 0
+        self.backfill_failures = 0
         self.error: BaseException | None = None
         self._connection: StreamConnection | None = None
 
@@ -141,8 +142,6 @@ class StreamListener:
                 self.source,
                 _reason(exc),
             )
-
-    backfill_failures = 0
 
     def _backfill(self, token: str | None) -> None:
         checkpoint = self.ingestor.state_checkpoint(self.source)

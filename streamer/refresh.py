@@ -13,6 +13,7 @@ import requests
 
 from fedilake.contracts import Envelope, EventKind, parse_time
 
+from .envelopes import as_edit
 from .ingest import IngestClosed, Ingestor
 from .ratelimit import RateLimit
 from .sources import Source
@@ -182,10 +183,7 @@ class EngagementRefresher:
         if envelope.payload_json.get("edited_at"):
             # An edit we missed (a dropped stream or a crash) shows here: publish it; the
             # ingestor drops it if that version was already published.
-            edit = replace(
-                envelope, kind=EventKind.EDIT, event="status.update", stream=self.source.stream
-            )
-            self.ingestor.take(None, edit)
+            self.ingestor.take(None, as_edit(replace(envelope, stream=self.source.stream)))
 
     def stop(self) -> None:
         self.stop_requested.set()

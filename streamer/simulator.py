@@ -61,13 +61,14 @@ import signal
 import time
 from bisect import bisect_left, bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from fedilake.contracts import format_time, parse_time
@@ -1816,6 +1817,26 @@ async def start_simulator(
     server = SimulatorServer(settings, generator)
     await server.start()
     return server
+
+
+def run_against(
+    settings: SimulatorSettings,
+    scenario: Callable[[SimulatorServer, aiohttp.ClientSession], Awaitable[None]],
+) -> None:
+    """Run `scenario(server, client session)` against a fresh in-process simulator, then stop it.
+
+    For tests and experiments that drive the simulator from the same process.
+    """
+
+    async def main() -> None:
+        server = await start_simulator(settings)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await scenario(server, session)
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
 
 
 async def _serve_until_signalled(settings: SimulatorSettings) -> None:

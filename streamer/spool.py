@@ -794,7 +794,6 @@ class SpoolTailer:
         self._next = after_seq + 1
         self._file: BinaryIO | None = None
         self._offset = 0
-        self._first_seq_of_file = 0
 
     def _segments(self) -> list[tuple[int, Path]]:
         return sorted(
@@ -808,12 +807,11 @@ class SpoolTailer:
         candidates = [(first, path) for first, path in self._segments() if first <= seq]
         if not candidates:
             return False
-        first, path = candidates[-1]
+        _, path = candidates[-1]
         if self._file is not None:
             self._file.close()
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115
         self._offset = 0
-        self._first_seq_of_file = first
         return True
 
     def read(self, durable_seq: int, max_records: int = 1000) -> list[SpoolRecord]:
@@ -859,7 +857,6 @@ class SpoolTailer:
                     self._file.close()
                 self._file = open(nxt, "rb", buffering=0)  # noqa: SIM115
                 self._offset = 0
-                self._first_seq_of_file = self._next
         return out
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from mastodon import Mastodon, StreamListener
 from fedilake.contracts import parse_time
 from fedilake.settings import SimulatorSettings
 from streamer import simulator
-from streamer.simulator import SimulatorServer, start_simulator
+from streamer.simulator import SimulatorServer, run_against
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -46,19 +46,7 @@ def _settings(**overrides: Any) -> SimulatorSettings:
     return SimulatorSettings(**values)
 
 
-def _serve(
-    settings: SimulatorSettings,
-    scenario: Callable[[SimulatorServer, aiohttp.ClientSession], Awaitable[None]],
-) -> None:
-    async def main() -> None:
-        server = await start_simulator(settings)
-        try:
-            async with aiohttp.ClientSession() as session:
-                await scenario(server, session)
-        finally:
-            await server.stop()
-
-    asyncio.run(main())
+_serve = run_against
 
 
 async def _read_until(

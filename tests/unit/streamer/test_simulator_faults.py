@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -12,7 +11,12 @@ import pytest
 
 from fedilake.settings import SimulatorSettings
 from streamer import simulator
-from streamer.simulator import PlannedFault, SimulatorServer, parse_fault_plan, start_simulator
+from streamer.simulator import (
+    PlannedFault,
+    SimulatorServer,
+    parse_fault_plan,
+    run_against,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,19 +39,7 @@ def _settings(**overrides: Any) -> SimulatorSettings:
     return SimulatorSettings(**values)
 
 
-def _serve(
-    settings: SimulatorSettings,
-    scenario: Callable[[SimulatorServer, aiohttp.ClientSession], Awaitable[None]],
-) -> None:
-    async def main() -> None:
-        server = await start_simulator(settings)
-        try:
-            async with aiohttp.ClientSession() as session:
-                await scenario(server, session)
-        finally:
-            await server.stop()
-
-    asyncio.run(main())
+_serve = run_against
 
 
 def _lines_to_events(raw: bytes) -> tuple[list[tuple[str, bytes]], list[bytes]]:

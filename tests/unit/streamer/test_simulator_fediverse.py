@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -15,7 +15,7 @@ from fedilake.contracts import parse_time
 from fedilake.settings import SimulatorSettings
 from streamer import simulator
 from streamer.generator import DEFAULT_DOMAIN
-from streamer.simulator import SimulatorServer, Subscription, start_simulator
+from streamer.simulator import SimulatorServer, Subscription, run_against
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,19 +37,7 @@ def _settings(**overrides: Any) -> SimulatorSettings:
     return SimulatorSettings(**values)
 
 
-def _serve(
-    settings: SimulatorSettings,
-    scenario: Callable[[SimulatorServer, aiohttp.ClientSession], Awaitable[None]],
-) -> None:
-    async def main() -> None:
-        server = await start_simulator(settings)
-        try:
-            async with aiohttp.ClientSession() as session:
-                await scenario(server, session)
-        finally:
-            await server.stop()
-
-    asyncio.run(main())
+_serve = run_against
 
 
 def parse_sse(raw: bytes) -> list[tuple[str, bytes]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -12,7 +11,7 @@ import pytest
 
 from fedilake.settings import SimulatorSettings
 from streamer import simulator
-from streamer.simulator import SimulatorServer, start_simulator
+from streamer.simulator import SimulatorServer, run_against
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -34,19 +33,7 @@ def _settings(**overrides: Any) -> SimulatorSettings:
     return SimulatorSettings(**values)
 
 
-def _serve(
-    settings: SimulatorSettings,
-    scenario: Callable[[SimulatorServer, aiohttp.ClientSession], Awaitable[None]],
-) -> None:
-    async def main() -> None:
-        server = await start_simulator(settings)
-        try:
-            async with aiohttp.ClientSession() as session:
-                await scenario(server, session)
-        finally:
-            await server.stop()
-
-    asyncio.run(main())
+_serve = run_against
 
 
 async def _frames(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[dict[str, Any]]:
