@@ -123,6 +123,25 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hbase(args: argparse.Namespace) -> int:
+    from fedilake.contracts import Tables
+    from sinks.hbase import connect, init_tables
+
+    connection = connect(HBaseSettings())
+    try:
+        created = init_tables(connection)
+        for spec in Tables.all():
+            state = "created" if spec.name in created else "present"
+            families = ", ".join(
+                f"{name}: " + " ".join(f"{k}={v}" for k, v in sorted(options.items()))
+                for name, options in spec.families.items()
+            )
+            out(f"{spec.name}: {state} ({families})")
+    finally:
+        connection.close()
+    return 0
+
+
 # ---------------------------------------------------------------------------- daemons
 
 
@@ -183,9 +202,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from processors.counters import build_app, run_worker
+    from processors.counters import build_app, prepare, run_worker
 
-    app = build_app(ProcessorSettings(), KafkaSettings(), HBaseSettings())
+    settings, kafka = ProcessorSettings(), KafkaSettings()
+    prepare(settings, kafka)
+    app = build_app(settings, kafka, HBaseSettings())
     run_worker(app)
     return 0
 
@@ -404,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create Kafka topics and HBase tables (idempotent)")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("hbase", help="the HBase tables of the metrics")
+    p.add_argument("action", choices=["init"], help="init: create the tables (idempotent)")
+    p.set_defaults(func=cmd_hbase)
 
     p = sub.add_parser("simulate", help="a local Mastodon-compatible server with ground truth")
     p.add_argument("--port", type=int)

@@ -6,10 +6,11 @@ import base64
 import json
 import re
 import struct
+import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from kafka.partitioner.default import murmur2
@@ -210,17 +211,37 @@ def dead_letter_record(reason: str, original: bytes, source: str) -> bytes:
 class Granularity(StrEnum):
     HOUR = "h"
     DAY = "d"
+    MONTH = "m"
     ALL = "a"
 
 
+# The windows every counted metric is kept in (months serve only account creation).
+COUNTED_GRANULARITIES = (Granularity.HOUR, Granularity.DAY, Granularity.ALL)
+
+
 def bucket_of(moment: datetime, granularity: Granularity) -> str:
-    """Fixed-width, sortable bucket label: `2026112311` for an hour, `20261123` for a day."""
+    """Fixed-width, sortable bucket label: `2026112311` for an hour, `20261123` for a day,
+    `202611` for a month, `all` for all time."""
     moment = moment.astimezone(UTC)
     if granularity is Granularity.HOUR:
         return moment.strftime("%Y%m%d%H")
     if granularity is Granularity.DAY:
         return moment.strftime("%Y%m%d")
+    if granularity is Granularity.MONTH:
+        return moment.strftime("%Y%m")
     return "all"
+
+
+def bucket_end(granularity: Granularity, bucket: str) -> datetime | None:
+    """When a bucket's window ends (None for all time): the start of the next hour, day or month."""
+    if granularity is Granularity.HOUR:
+        return datetime.strptime(bucket, "%Y%m%d%H").replace(tzinfo=UTC) + timedelta(hours=1)
+    if granularity is Granularity.DAY:
+        return datetime.strptime(bucket, "%Y%m%d").replace(tzinfo=UTC) + timedelta(days=1)
+    if granularity is Granularity.MONTH:
+        start = datetime.strptime(bucket, "%Y%m").replace(tzinfo=UTC)
+        return (start + timedelta(days=32)).replace(day=1)
+    return None
 
 
 def parse_hour(text: str) -> datetime:
@@ -240,23 +261,34 @@ class TableSpec:
     families: dict[str, dict[str, Any]]
 
 
-class Tables:
-    """HBase tables, created idempotently by `fedilake init`."""
+HOURLY_TTL_S = 35 * 24 * 3600
 
-    # One row per (metric, bucket, dimension). Family `l` holds the live value as one
-    # column per source Kafka partition (each worker writes only its own partitions'
-    # columns, as absolute values); family `b` holds the batch value.
-    METRICS = TableSpec(
-        "fedilake_metrics",
-        {
-            family: {"max_versions": 1, "compression": "GZ", "bloom_filter_type": "ROW"}
-            for family in ("l", "b")
-        },
-    )
+
+def _families(**options: Any) -> dict[str, dict[str, Any]]:
+    # `l`: the live value, one column per source Kafka partition (each worker writes only
+    # its own partitions' columns, as absolute values); `b`: the batch value.
+    base = {"max_versions": 1, "compression": "GZ", "bloom_filter_type": "ROW"}
+    return {family: {**base, **options} for family in ("l", "b")}
+
+
+class Tables:
+    """HBase tables, created idempotently by `fedilake hbase init`.
+
+    One row per (metric, bucket, dimension), keyed as `MetricRow.key()` says. Hourly
+    rows live in a table of their own so that a TTL can expire them; day, month and
+    all-time rows are kept.
+    """
+
+    METRICS = TableSpec("fedilake_metrics", _families())
+    HOURLY = TableSpec("fedilake_metrics_hourly", _families(time_to_live=HOURLY_TTL_S))
 
     @classmethod
     def all(cls) -> tuple[TableSpec, ...]:
-        return (cls.METRICS,)
+        return (cls.METRICS, cls.HOURLY)
+
+    @classmethod
+    def for_granularity(cls, granularity: Granularity) -> TableSpec:
+        return cls.HOURLY if granularity is Granularity.HOUR else cls.METRICS
 
 
 class Column:
@@ -268,12 +300,38 @@ ROW_SEPARATOR = "\x00"
 
 
 class Metric(StrEnum):
-    HASHTAG = "hashtag"
+    """Every metric the speed and batch layers keep; `processors.metrics` defines each one."""
+
+    HASHTAG = "hashtag"  # statuses per hashtag
+    MENTION = "mention"  # statuses mentioning an account (user@domain)
+    URL = "url"  # statuses sharing an external URL (links and link cards)
+    DOMAIN = "domain"  # statuses sharing a link to a domain
+    LANGUAGE = "language"  # statuses per language (`und` when unknown)
+    MEDIA = "media"  # statuses with media: dimension `any`, and one per media type
+    POSTS = "posts"  # statuses (replies included, boosts not) per author
+    BOOSTS = "boosts"  # boosts made, per booster
+    REPLIES = "replies"  # replies written, per author
+    FAVOURITES = "favourites"  # favourites received, per author (from refresh events)
+    REBLOGS = "reblogs"  # boosts received, per author (from refresh events)
+    REPLIES_RECEIVED = "replies_received"  # replies received, per author (from refresh events)
+    FOLLOWERS = "followers"  # latest follower count per account (a gauge, all time only)
+    ACCOUNTS_CREATED = "accounts_created"  # one row per account, in its creation month
+
+    @property
+    def is_gauge(self) -> bool:
+        """A gauge's value is the latest snapshot, not a sum over statuses."""
+        return self is Metric.FOLLOWERS
+
+    @property
+    def is_distinct(self) -> bool:
+        """One row per distinct member (an account); its value is 1, however many saw it."""
+        return self is Metric.ACCOUNTS_CREATED
 
 
-@dataclass(frozen=True)
-class MetricRow:
+class MetricRow(NamedTuple):
     """Row key in the OpenTSDB style: metric, time bucket, dimension.
+
+    A named tuple, not a dataclass: the speed layer builds and hashes millions of them.
 
     Every hashtag of one hour shares the prefix `hashtag\\0h2026112311\\0`, so it is
     one prefix scan.
@@ -297,6 +355,33 @@ class MetricRow:
         return cls(Metric(metric), Granularity(bucket[0]), bucket[1:], dimension)
 
 
+@dataclass(frozen=True)
+class RowKeys:
+    """Row keys as stored: `MetricRow.key()`, behind a one-byte salt when `salt_buckets` > 0.
+
+    Salting spreads the writes of one hot bucket (every hashtag of the current hour) over
+    `salt_buckets` key ranges, hence regions, the OpenTSDB way; a bucket is then read
+    with one prefix scan per salt instead of one.
+    """
+
+    salt_buckets: int = 0
+
+    def encode(self, row: MetricRow) -> bytes:
+        key = row.key()
+        if not self.salt_buckets:
+            return key
+        return bytes((zlib.crc32(row.dimension.encode()) % self.salt_buckets,)) + key
+
+    def decode(self, key: bytes) -> MetricRow:
+        return MetricRow.from_key(key[1:] if self.salt_buckets else key)
+
+    def prefixes(self, metric: Metric, granularity: Granularity, bucket: str) -> list[bytes]:
+        prefix = MetricRow.prefix(metric, granularity, bucket)
+        if not self.salt_buckets:
+            return [prefix]
+        return [bytes((salt,)) + prefix for salt in range(self.salt_buckets)]
+
+
 def encode_count(value: int) -> bytes:
     """Counts are stored as 8-byte big-endian longs, the format of HBase's own counters."""
     return struct.pack(">q", value)
@@ -304,6 +389,16 @@ def encode_count(value: int) -> bytes:
 
 def decode_count(raw: bytes) -> int:
     return int(struct.unpack(">q", raw)[0])
+
+
+def encode_snapshot(observed_ms: int, value: int) -> bytes:
+    """A gauge cell: when the value was observed (ms since the epoch), then the value."""
+    return struct.pack(">qq", observed_ms, value)
+
+
+def decode_snapshot(raw: bytes) -> tuple[int, int]:
+    observed_ms, value = struct.unpack(">qq", raw)
+    return int(observed_ms), int(value)
 
 
 # --------------------------------------------------------------------------- HDFS lake

@@ -65,6 +65,12 @@ class HBaseSettings(BaseSettings):
     host: str = "localhost"
     port: int = 9090
     table_prefix: str = ""
+    salt_buckets: int = Field(
+        default=0,
+        ge=0,
+        le=255,
+        description="spread row keys over this many salts (0: unsalted, one prefix scan per bucket)",
+    )
 
 
 class HdfsSettings(BaseSettings):
@@ -170,7 +176,21 @@ class ProcessorSettings(BaseSettings):
     model_config = _config("FEDILAKE_PROCESSOR_")
 
     app_id: str = "fedilake-counters"
-    flush_interval_s: float = 1.0
+    source_topic: str = Field(
+        default="fedilake.events",
+        description="the envelope topic to count (a replay or test topic with the same partitions)",
+    )
+    flush_interval_s: float = Field(default=1.0, gt=0, description="HBase flush period")
+    allowed_lateness_s: float = Field(
+        default=26 * 3600.0,
+        ge=0,
+        description="how long after its end an hour or day window still takes changes "
+        "(the default covers the streamer's 24 h engagement refresh)",
+    )
+    batch_events: int = Field(default=2000, gt=0, description="events taken per batch")
+    batch_within_s: float = Field(
+        default=0.2, gt=0, description="longest wait to fill a batch before processing it"
+    )
     data_dir: Path = REPO_ROOT / ".fedilake" / "faust"
     web_port: int = 6066
 

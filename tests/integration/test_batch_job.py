@@ -51,7 +51,7 @@ def test_recount_from_the_lake_writes_the_batch_values(stack: LocalStack) -> Non
                 received_at=datetime.now(UTC),
             )
             assert env.kind is EventKind.STATUS
-            for tag in hashtags(env):
+            for tag in hashtags(status):
                 expected[(bucket_of(env.event_time(), Granularity.HOUR), tag)] += 1
             buffer.add(offset, hour_of(env.event_time()), env.to_bytes())
         # Part files only, no flush manifest: these offsets are made up, and a manifest would

@@ -1,0 +1,204 @@
+"""The live counters of the partitions one worker owns: sums over status records, kept per window (pure).
+
+Counters are a view over the `StatusRecord`s of a partition: changed by each record's
+`delta`, rebuilt from the records after a restart or a rebalance. Each partition's
+counters are written to HBase as absolute values in that partition's own column, so
+two workers never write the same cell and a rebuilt view rewrites what a crash lost.
+
+Hour and day windows are tumbling windows on event time. A window closes once the
+partition's watermark (the latest event time of a new status) has passed its end by
+`allowed_lateness`; it is then written one last time and forgotten. Changes that
+arrive for a closed window are counted as late and left to the nightly batch, which
+recomputes every window from the lake. All-time counters never close.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from fedilake.contracts import Granularity, Metric, MetricRow, bucket_end
+
+from .metrics import AccountSnapshot, millis, snapshot_rows
+from .statuses import NEVER, StatusRecord, delta
+
+Window = tuple[Granularity, str]
+
+
+@dataclass
+class Flush:
+    """What one partition has to write: absolute counts (0 removes the cell) and gauges."""
+
+    counts: dict[MetricRow, int] = field(default_factory=dict)
+    gauges: dict[MetricRow, tuple[int, int]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.counts) + len(self.gauges)
+
+
+@dataclass
+class PartitionCounters:
+    values: dict[MetricRow, int] = field(default_factory=dict)
+    windows: dict[Window, set[MetricRow]] = field(default_factory=dict)
+    dirty: set[MetricRow] = field(default_factory=set)
+    accounts: dict[str, AccountSnapshot] = field(default_factory=dict)
+    dirty_accounts: set[str] = field(default_factory=set)
+    new_accounts: set[str] = field(default_factory=set)  # whose creation month is not written
+    watermark_ms: int = 0
+    late_changes: int = 0
+
+
+class LiveCounters:
+    """Counters per owned partition, windows closing `allowed_lateness_s` after they end.
+
+    A status dated more than `MAX_CLOCK_SKEW_S` past the wall clock does not move the
+    watermark: one server with a wrong clock must not close every window.
+    """
+
+    MAX_CLOCK_SKEW_S = 600
+
+    def __init__(self, allowed_lateness_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.allowed_lateness_ms = int(allowed_lateness_s * 1000)
+        self._clock = clock
+        self.partitions: dict[int, PartitionCounters] = {}
+        self._window_ends: dict[Window, int | None] = {}
+
+    # ------------------------------------------------------------------ windows
+
+    def _end_ms(self, window: Window) -> int | None:
+        if window not in self._window_ends:
+            granularity, bucket = window
+            if granularity in (Granularity.ALL, Granularity.MONTH):
+                end = None
+            else:
+                moment = bucket_end(granularity, bucket)
+                end = millis(moment) if moment else None
+            self._window_ends[window] = end
+        return self._window_ends[window]
+
+    def is_closed(self, window: Window, watermark_ms: int) -> bool:
+        end = self._end_ms(window)
+        return end is not None and end + self.allowed_lateness_ms <= watermark_ms
+
+    # ------------------------------------------------------------------ changes
+
+    def owns(self, partition: int) -> bool:
+        return partition in self.partitions
+
+    def apply(self, partition: int, old: StatusRecord | None, new: StatusRecord) -> None:
+        view = self.partitions.setdefault(partition, PartitionCounters())
+        if (old is None or old.version_ms == NEVER) and new.version_ms != NEVER:
+            self._advance(view, new.event_ms)  # a new status (not a delete, not a refresh)
+        for row, change in delta(old, new).items():
+            self._add(view, row, change)
+        for snapshot in new.accounts:
+            self._see_account(view, snapshot)
+
+    def _advance(self, view: PartitionCounters, event_ms: int) -> None:
+        if event_ms <= (self._clock() + self.MAX_CLOCK_SKEW_S) * 1000:
+            view.watermark_ms = max(view.watermark_ms, event_ms)
+
+    def _add(self, view: PartitionCounters, row: MetricRow, change: int) -> None:
+        window = (row.granularity, row.bucket)
+        if self.is_closed(window, view.watermark_ms):
+            if change:
+                view.late_changes += 1
+            return
+        view.values[row] = view.values.get(row, 0) + change
+        view.windows.setdefault(window, set()).add(row)
+        view.dirty.add(row)
+
+    def _see_account(self, view: PartitionCounters, snapshot: AccountSnapshot) -> None:
+        """Keep the latest snapshot; write the gauge when its value changes (or is new)."""
+        known = view.accounts.get(snapshot.handle)
+        if known is not None and (known.observed_ms, known.followers) >= (
+            snapshot.observed_ms,
+            snapshot.followers,
+        ):
+            return
+        view.accounts[snapshot.handle] = snapshot
+        if known is None:
+            view.new_accounts.add(snapshot.handle)
+            view.dirty_accounts.add(snapshot.handle)
+        elif known.followers != snapshot.followers:
+            view.dirty_accounts.add(snapshot.handle)
+
+    # ------------------------------------------------------------------ ownership
+
+    def rebuild(self, partition: int, records: Iterable[StatusRecord]) -> int:
+        """The partition's counters from its records; everything they touch is written again."""
+        records = list(records)
+        view = PartitionCounters()  # installed when complete: a flush never sees half of it
+        for record in records:
+            if record.version_ms != NEVER:
+                self._advance(view, record.event_ms)
+        for record in records:
+            for row, amount in record.rows().items():
+                self._add(view, row, amount)
+            for row in record.touched_rows():
+                self._add(view, row, 0)  # a counter the status left is written as 0
+            for snapshot in record.accounts:
+                self._see_account(view, snapshot)
+        self.partitions[partition] = view
+        return len(records)
+
+    def drop(self, partition: int) -> None:
+        self.partitions.pop(partition, None)
+
+    # ------------------------------------------------------------------ flushing
+
+    def take(self, partition: int) -> Flush:
+        """The partition's dirty counters, now clean; `give_back` if writing them failed."""
+        view = self.partitions.get(partition)
+        flush = Flush()
+        if view is None:
+            return flush
+        flush.counts = {row: view.values.get(row, 0) for row in view.dirty}
+        for row, value in flush.counts.items():
+            if value == 0:  # written as a removed cell; nothing left to remember
+                view.values.pop(row, None)
+                view.windows.get((row.granularity, row.bucket), set()).discard(row)
+        for handle in view.dirty_accounts:
+            snapshot = view.accounts[handle]
+            for row in snapshot_rows(snapshot):
+                if row.metric is Metric.FOLLOWERS:
+                    flush.gauges[row] = (snapshot.observed_ms, snapshot.followers)
+                elif handle in view.new_accounts:
+                    flush.counts[row] = 1
+        view.dirty = set()
+        view.dirty_accounts = set()
+        view.new_accounts = set()
+        return flush
+
+    def give_back(self, partition: int, flush: Flush) -> None:
+        view = self.partitions.get(partition)
+        if view is None:  # revoked meanwhile: the new owner rebuilds and writes it all
+            return
+        view.dirty.update(row for row in flush.counts if row.metric is not Metric.ACCOUNTS_CREATED)
+        view.dirty_accounts.update(row.dimension for row in flush.gauges)
+        view.new_accounts.update(
+            row.dimension for row in flush.counts if row.metric is Metric.ACCOUNTS_CREATED
+        )
+
+    def forget_closed(self, partition: int) -> int:
+        """Drop the written counters of closed windows; returns how many were dropped."""
+        view = self.partitions.get(partition)
+        if view is None:
+            return 0
+        dropped = 0
+        for window in [w for w in view.windows if self.is_closed(w, view.watermark_ms)]:
+            rows = view.windows[window]
+            if rows & view.dirty:
+                continue  # written once more first
+            for row in rows:
+                view.values.pop(row, None)
+            dropped += len(rows)
+            del view.windows[window]
+        return dropped
+
+    def pending(self) -> int:
+        return sum(len(v.dirty) + len(v.dirty_accounts) for v in self.partitions.values())
+
+    def late_changes(self) -> int:
+        return sum(v.late_changes for v in self.partitions.values())

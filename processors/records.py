@@ -1,0 +1,214 @@
+"""Status records in RocksDB (rocksdict), one database per partition, backed by a compacted changelog topic.
+
+This is the table of the speed layer, written the way Kafka Streams writes a cached
+state store: the changes of a batch of events go to the changelog topic as one
+batch per partition, and only once Kafka has acknowledged them (acks=all) are they
+written to RocksDB, together with the changelog offset they reach. The events of the
+batch are acknowledged to Faust after that, so a committed offset never runs ahead
+of the changelog. After a crash, or when a partition moves to this worker, its
+database is brought up to date by reading the changelog from the stored offset.
+
+Faust's own tables send one changelog message per key change through a per-message
+buffer; measured here, that path alone caps a worker at about 3,300 events/s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from rocksdict import Options, Rdict, WriteBatch
+
+from fedilake.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+OFFSET_KEY = b"\x00fedilake:changelog-offset"  # status uris never start with a NUL byte
+
+
+def ensure_changelog(kafka: KafkaSettings, name: str, partitions: int) -> None:
+    """The compacted changelog topic (only the latest record per status is kept)."""
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id="fedilake-admin")
+    try:
+        if name in set(admin.list_topics()):
+            return
+        topic = NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=1,
+            topic_configs={"cleanup.policy": "compact", "min.insync.replicas": "1"},
+        )
+        try:
+            admin.create_topics([topic])
+            log.info("created changelog topic %s (%d partitions)", name, partitions)
+        except TopicAlreadyExistsError:
+            pass
+    finally:
+        admin.close()
+
+
+class RecordTable:
+    """Records of the partitions this worker owns: read through, written per batch."""
+
+    def __init__(self, data_dir: Path, changelog: str, kafka: KafkaSettings) -> None:
+        self.data_dir = data_dir
+        self.changelog = changelog
+        self.kafka = kafka
+        self._dbs: dict[int, Rdict] = {}
+        self._pending: dict[int, dict[bytes, bytes]] = {}
+        self._producer: AIOKafkaProducer | None = None
+
+    # ------------------------------------------------------------------ ownership
+
+    def is_open(self, partition: int) -> bool:
+        return partition in self._dbs
+
+    def recover(self, partition: int) -> int:
+        """Open the partition's database and replay the changelog beyond its offset (blocking)."""
+        path = self.data_dir / f"status-records-p{partition}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = Rdict(str(path), Options(raw_mode=True))
+        stored = db.get(OFFSET_KEY)
+        start = int(stored) + 1 if stored is not None else 0
+        replayed = self._replay(db, partition, start)
+        self._dbs[partition] = db
+        self._pending[partition] = {}
+        return replayed
+
+    def _replay(self, db: Rdict, partition: int, start: int) -> int:
+        tp = TopicPartition(self.changelog, partition)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        replayed = 0
+        started = time.monotonic()
+        try:
+            consumer.assign([tp])
+            end = consumer.end_offsets([tp])[tp]
+            first = consumer.beginning_offsets([tp])[tp]
+            position = max(start, first)
+            if position >= end:
+                return 0
+            consumer.seek(tp, position)
+            while position < end:
+                batch = WriteBatch(raw_mode=True)
+                for records in consumer.poll(timeout_ms=1000).values():
+                    for record in records:
+                        if record.value is None:
+                            batch.delete(record.key)
+                        else:
+                            batch.put(record.key, record.value)
+                        position = record.offset + 1
+                        replayed += 1
+                batch.put(OFFSET_KEY, str(position - 1).encode())
+                db.write(batch)
+        finally:
+            consumer.close()
+        log.info(
+            "partition %d: %d status records replayed from the changelog in %.1fs",
+            partition,
+            replayed,
+            time.monotonic() - started,
+        )
+        return replayed
+
+    def close(self, partition: int) -> None:
+        db = self._dbs.pop(partition, None)
+        self._pending.pop(partition, None)
+        if db is not None:
+            db.close()
+
+    def close_all(self) -> None:
+        for partition in list(self._dbs):
+            self.close(partition)
+
+    # ------------------------------------------------------------------ reads and writes
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        pending = self._pending[partition].get(key)
+        if pending is not None:
+            return pending
+        value = self._dbs[partition].get(key)
+        return value if isinstance(value, bytes) else None
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        self._pending[partition][key] = value
+
+    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        """Every stored record of the partition (what was committed)."""
+        for key, value in self._dbs[partition].items():
+            if isinstance(key, bytes) and isinstance(value, bytes) and key != OFFSET_KEY:
+                yield key, value
+
+    def pending(self) -> int:
+        return sum(len(p) for p in self._pending.values())
+
+    async def commit(self) -> None:
+        """Changelog first (acknowledged by every replica), then RocksDB with the new offset."""
+        waiting: list[tuple[int, Any, dict[bytes, bytes]]] = []
+        producer = await self._producer_started()
+        for partition, changes in self._pending.items():
+            if not changes:
+                continue
+            for chunk in _chunks(changes, producer):
+                future = await producer.send_batch(chunk[0], self.changelog, partition=partition)
+                waiting.append((partition, future, chunk[1]))
+            self._pending[partition] = {}
+        for partition, future, changes in waiting:
+            metadata = await future
+            last = metadata.offset + len(changes) - 1
+            batch = WriteBatch(raw_mode=True)
+            for key, value in changes.items():
+                batch.put(key, value)
+            batch.put(OFFSET_KEY, str(last).encode())
+            db = self._dbs.get(partition)
+            if db is not None:  # revoked meanwhile: the changelog has it for the next owner
+                db.write(batch)
+
+    async def _producer_started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.kafka.bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+                compression_type="gzip",
+                max_request_size=16 * 1024 * 1024,
+                max_batch_size=1024 * 1024,
+            )
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        self.close_all()
+
+
+def _chunks(
+    changes: dict[bytes, bytes], producer: AIOKafkaProducer
+) -> Iterator[tuple[Any, dict[bytes, bytes]]]:
+    """The changes as producer batches (a batch holds up to `max_batch_size` bytes)."""
+    batch = producer.create_batch()
+    members: dict[bytes, bytes] = {}
+    for key, value in changes.items():
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            yield batch, members
+            batch = producer.create_batch()
+            members = {}
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a status record of {len(value)} bytes exceeds the batch size")
+        members[key] = value
+    if members:
+        yield batch, members
