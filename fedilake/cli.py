@@ -348,6 +348,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return run_streamer_bench(args.events, out)
     if args.target == "lake":
         return run_lake_bench(args.events, out, hours=args.hours)
+    if args.target == "speed":
+        from fedilake.speed_bench import run_speed_bench
+
+        return run_speed_bench(
+            args.events, out, rate=args.rate, seconds=args.seconds, flush_interval_s=args.flush_s
+        )
     return run_skeleton_bench(args.events, out)
 
 
@@ -487,8 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("bench", help="measure events/s through the pipeline on the local stack")
-    p.add_argument("target", choices=["skeleton", "streamer", "lake"])
+    p.add_argument("target", choices=["skeleton", "streamer", "lake", "speed"])
     p.add_argument("--events", type=int, default=20000)
+    p.add_argument(
+        "--rate", type=float, default=1000.0, help="speed: events/s of the freshness run"
+    )
+    p.add_argument("--seconds", type=float, default=30.0, help="speed: length of the freshness run")
+    p.add_argument(
+        "--flush-s", type=float, default=1.0, help="speed: the worker's HBase flush interval"
+    )
     p.add_argument("--hours", type=int, default=1, help="lake: event-time hours the events span")
     p.set_defaults(func=cmd_bench)
 

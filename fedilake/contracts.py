@@ -318,6 +318,16 @@ class Metric(StrEnum):
     ACCOUNTS_CREATED = "accounts_created"  # one row per account, in its creation month
 
     @property
+    def windows(self) -> tuple[Granularity, ...]:
+        """The time buckets the metric is counted in.
+
+        Content metrics (what is said) are counted per hour too, for trends; metrics
+        about an account per day and all time only: hourly rows for every active
+        account would be most of what the speed layer writes, for no analysis.
+        """
+        return _WINDOWS[self]
+
+    @property
     def is_gauge(self) -> bool:
         """A gauge's value is the latest snapshot, not a sum over statuses."""
         return self is Metric.FOLLOWERS
@@ -353,6 +363,25 @@ class MetricRow(NamedTuple):
     def from_key(cls, key: bytes) -> MetricRow:
         metric, bucket, dimension = key.decode().split(ROW_SEPARATOR, 2)
         return cls(Metric(metric), Granularity(bucket[0]), bucket[1:], dimension)
+
+
+_ACCOUNT_WINDOWS = (Granularity.DAY, Granularity.ALL)
+_WINDOWS: dict[Metric, tuple[Granularity, ...]] = {
+    **{metric: COUNTED_GRANULARITIES for metric in Metric},
+    **{
+        metric: _ACCOUNT_WINDOWS
+        for metric in (
+            Metric.POSTS,
+            Metric.BOOSTS,
+            Metric.REPLIES,
+            Metric.FAVOURITES,
+            Metric.REBLOGS,
+            Metric.REPLIES_RECEIVED,
+        )
+    },
+    Metric.FOLLOWERS: (Granularity.ALL,),
+    Metric.ACCOUNTS_CREATED: (Granularity.MONTH,),
+}
 
 
 @dataclass(frozen=True)

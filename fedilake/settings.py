@@ -188,6 +188,7 @@ class ProcessorSettings(BaseSettings):
         "(the default covers the streamer's 24 h engagement refresh)",
     )
     batch_events: int = Field(default=2000, gt=0, description="events taken per batch")
+    report_interval_s: float = Field(default=30.0, gt=0, description="how often to log counts")
     batch_within_s: float = Field(
         default=0.2, gt=0, description="longest wait to fill a batch before processing it"
     )

@@ -73,6 +73,7 @@ class SpeedRun:
     run_id: str = field(default_factory=lambda: f"speed{int(time.time() * 1000) % 10**10}")
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     flush_interval_s: float = 1.0
+    report_interval_s: float = 30.0
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -122,6 +123,7 @@ class SpeedRun:
             "FEDILAKE_PROCESSOR_APP_ID": self.app_id,
             "FEDILAKE_PROCESSOR_DATA_DIR": str(self.workdir / f"faust-{name}"),
             "FEDILAKE_PROCESSOR_FLUSH_INTERVAL_S": str(self.flush_interval_s),
+            "FEDILAKE_PROCESSOR_REPORT_INTERVAL_S": str(self.report_interval_s),
             "FEDILAKE_HBASE_TABLE_PREFIX": self.run_id,
         }
 

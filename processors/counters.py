@@ -248,7 +248,7 @@ def build_app(settings: ProcessorSettings, kafka: KafkaSettings, hbase: HBaseSet
             await worker.open_partitions(worker.active_partitions())
         await worker.flush()
 
-    @app.timer(interval=30.0)
+    @app.timer(interval=settings.report_interval_s)
     async def report() -> None:
         worker.report()
 

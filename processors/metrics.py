@@ -251,11 +251,13 @@ def from_millis(ms: int) -> datetime:
 
 
 def fact_rows(facts: Iterable[Fact], event_time: datetime) -> Iterator[tuple[MetricRow, int]]:
-    """Each fact in the hour, day and all-time bucket of `event_time`."""
+    """Each fact in the buckets of `event_time` its metric is counted in (`Metric.windows`)."""
     buckets = counted_buckets(millis(event_time))
     for metric, dimension, amount in facts:
+        windows = metric.windows
         for granularity, bucket in buckets:
-            yield MetricRow(metric, granularity, bucket, dimension), amount
+            if granularity in windows:
+                yield MetricRow(metric, granularity, bucket, dimension), amount
 
 
 @lru_cache(maxsize=4096)

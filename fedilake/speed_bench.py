@@ -1,0 +1,255 @@
+"""`fedilake bench speed`: the speed layer's throughput, HBase cells per event, freshness and memory, from one run.
+
+Beside the worker it measures, on the same topic and in the same run, a bare aiokafka
+consume loop (what reading alone costs) and the obvious design: one happybase counter
+increment per counter per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+from kafka import KafkaProducer
+
+from fedilake.bench import StageResult, rss_mb
+from fedilake.contracts import Envelope, EventKind, Granularity, Metric, MetricRow, Tables
+from fedilake.speed_runs import SpeedRun
+from processors.history import History, expected_counters, speed_history
+from processors.statuses import StatusRecord, apply, delta
+from sinks.hbase import connect
+
+_REPORT = re.compile(
+    r"^\[(?P<when>[\d-]+ [\d:]+,\d+)\].*counters: (?P<events>\d+) events, \d+ changed a status, "
+    r"(?P<cells>\d+) cells written"
+)
+
+
+@dataclass
+class WorkerFigures:
+    events_per_s: float
+    events: int
+    cells: int
+    rss_mb: float
+
+
+def bare_consume_rate(run: SpeedRun, events: int) -> StageResult:
+    """A bare aiokafka loop over the same topic: every message read, nothing done."""
+
+    async def consume() -> StageResult:
+        consumer = AIOKafkaConsumer(
+            run.topic.name,
+            bootstrap_servers=run.kafka.bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        seen, first = 0, 0.0
+        try:
+            async for _ in consumer:
+                if seen == 0:
+                    first = time.monotonic()
+                seen += 1
+                if seen >= events:
+                    break
+        finally:
+            await consumer.stop()
+        return StageResult("bare aiokafka consume loop", time.monotonic() - first, seen)
+
+    return asyncio.run(consume())
+
+
+def _reports(log: Path) -> list[tuple[float, int, int]]:
+    """(wall time, events, cells) of every progress line of the worker's log."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        match = _REPORT.match(line)
+        if match:
+            # Local time in the log; only differences between lines are used.
+            stamp = datetime.strptime(match["when"], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
+            when = stamp.timestamp()
+            found.append((when, int(match["events"]), int(match["cells"])))
+    return found
+
+
+def worker_throughput(run: SpeedRun, events: int, timeout_s: float = 600) -> WorkerFigures:
+    """Start the worker on the filled topic; its rate from its own progress lines."""
+    process = run.start_worker()
+    log = run.workdir / "worker.log"
+    peak_rss = 0.0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run.check_workers()
+        peak_rss = max(peak_rss, rss_mb(process.pid))
+        reports = _reports(log) if log.exists() else []
+        if reports and reports[-1][1] >= events:
+            break
+        time.sleep(0.25)
+    else:
+        raise RuntimeError(f"the worker did not get through {events} events\n{run.log_tails()}")
+    started = [r for r in reports if r[1] > 0]
+    first, last = started[0], next(r for r in reports if r[1] >= events)
+    # The first progress line comes up to one report interval after the first event.
+    rate = (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else float("inf")
+    time.sleep(3 * run.flush_interval_s)  # the last flush
+    cells = _reports(log)[-1][2]
+    return WorkerFigures(rate, events, cells, peak_rss)
+
+
+def freshness(run: SpeedRun, rate: float, seconds: float, start: datetime) -> list[float]:
+    """Seconds from producing a probe status to its counter in HBase, at `rate` events/s.
+
+    Every 50th event is a probe whose hashtag no other status has; a poller reads the
+    probes' all-time hashtag rows until each appears.
+    """
+    load = speed_history(int(rate * seconds), seed=99, start=start, hours=1.0).envelopes
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    done = threading.Event()
+    table_name = Tables.for_granularity(Granularity.ALL).name
+
+    def poll() -> None:
+        connection = connect(run.hbase)
+        try:
+            table = connection.table(table_name)
+            while not done.is_set() or len(seen) < len(sent):
+                waiting = [tag for tag in list(sent) if tag not in seen]
+                if waiting:
+                    keys = [
+                        MetricRow(Metric.HASHTAG, Granularity.ALL, "all", t).key() for t in waiting
+                    ]
+                    now = time.monotonic()
+                    for key, _ in table.rows(keys):
+                        seen[MetricRow.from_key(key).dimension] = now
+                if done.is_set() and time.monotonic() > done_at[0] + 30:
+                    return
+                time.sleep(0.05)
+        finally:
+            connection.close()
+
+    done_at = [0.0]
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    producer = KafkaProducer(
+        bootstrap_servers=run.kafka.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+    )
+    began = time.monotonic()
+    probe_due = True
+    for n, envelope in enumerate(load):
+        probe_due = probe_due or n % 50 == 0
+        if probe_due and envelope.kind is EventKind.STATUS:
+            tag = f"freshprobe{n}"
+            envelope = _probe(envelope, tag)
+            producer.send(run.topic.name, key=envelope.kafka_key(), value=envelope.to_bytes())
+            producer.flush()
+            sent[tag] = time.monotonic()
+            probe_due = False
+        else:
+            producer.send(run.topic.name, key=envelope.kafka_key(), value=envelope.to_bytes())
+        pause = began + (n + 1) / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    producer.flush()
+    producer.close()
+    done_at[0] = time.monotonic()
+    done.set()
+    poller.join(timeout=60)
+    return sorted(seen[tag] - sent[tag] for tag in sent if tag in seen) + [
+        float("inf") for tag in sent if tag not in seen
+    ]
+
+
+def _probe(envelope: Envelope, tag: str) -> Envelope:
+    """The status envelope as a status of its own whose only hashtag is `tag`."""
+    status = json.loads(envelope.payload)
+    status["tags"] = [{"name": tag, "url": f"https://probe.example/tags/{tag}"}]
+    status["reblog"] = None  # a boost counts for no hashtag
+    status["uri"] = f"{status['uri']}#{tag}"
+    return replace(envelope, uri=status["uri"], payload=json.dumps(status), _parsed=None)
+
+
+def increments_rate(run: SpeedRun, history: History, events: int) -> StageResult:
+    """The obvious design: one happybase counter increment per counter per event."""
+    connection = connect(run.hbase)
+    tables = {spec.name: connection.table(spec.name) for spec in Tables.all()}
+    records: dict[str, StatusRecord] = {}
+    done = 0
+    began = time.monotonic()
+    try:
+        for envelope in history.envelopes[:events]:
+            old = records.get(envelope.uri or "")
+            new = apply(old, envelope)
+            done += 1
+            if new is None or not envelope.uri:
+                continue
+            records[envelope.uri] = new
+            for row, change in delta(old, new).items():
+                table = tables[Tables.for_granularity(row.granularity).name]
+                table.counter_inc(row.key(), b"l:increments", change)
+    finally:
+        connection.close()
+    return StageResult("one HBase increment per counter per event", time.monotonic() - began, done)
+
+
+def run_speed_bench(
+    events: int,
+    out: Callable[[str], None],
+    rate: float = 1000.0,
+    seconds: float = 30.0,
+    flush_interval_s: float = 1.0,
+) -> int:
+    with tempfile.TemporaryDirectory(prefix="fedilake-speed-bench-") as tmp:
+        run = SpeedRun(Path(tmp), flush_interval_s=flush_interval_s, report_interval_s=0.5)
+        run.setup()
+        try:
+            start = datetime(2025, 6, 1, tzinfo=UTC) + timedelta(hours=int(time.time()) % 5000)
+            history = speed_history(events, start=start, hours=4)
+            expected, gauges = expected_counters(history.envelopes)
+            out(f"history: {len(history.envelopes)} events {dict(sorted(history.kinds.items()))}")
+            run.produce(history.envelopes)
+            bare = bare_consume_rate(run, len(history.envelopes))
+            out(f"{bare.name:46} {bare.rate:10,.0f} events/s")
+            figures = worker_throughput(run, len(history.envelopes))
+            out(
+                f"{f'Faust worker -> HBase (flush every {flush_interval_s:g} s)':46} "
+                f"{figures.events_per_s:10,.0f} "
+                f"events/s  ({figures.events_per_s / bare.rate:.2f} x bare)"
+            )
+            verdict = run.wait_exact(expected, gauges, timeout_s=120)
+            out(f"counters: {verdict.summary()}")
+            out(
+                f"HBase cells written per event: {figures.cells / figures.events:.2f} "
+                f"({figures.cells:,} cells for {figures.events:,} events)"
+            )
+            out(f"worker RSS (peak): {figures.rss_mb:.0f} MB")
+            latencies = freshness(run, rate, seconds, start + timedelta(hours=4))
+            finite = [x for x in latencies if x != float("inf")]
+            p50 = latencies[len(latencies) // 2]
+            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+            out(
+                f"freshness at {rate:,.0f} events/s ({len(latencies)} probes): p50 {p50:.2f} s, "
+                f"p99 {p99:.2f} s, max {max(finite, default=0.0):.2f} s"
+            )
+            out(f"worker RSS after the freshness run: {rss_mb(run.workers['worker'].pid):.0f} MB")
+            inc = increments_rate(run, history, min(3000, len(history.envelopes)))
+            out(
+                f"{inc.name:46} {inc.rate:10,.0f} events/s  "
+                f"(the worker is {figures.events_per_s / inc.rate:.0f} x faster)"
+            )
+            return 0 if verdict.exact else 1
+        finally:
+            run.stop_workers()
+            run.cleanup()
