@@ -18,7 +18,15 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaProducer
 
-from fedilake.contracts import MAX_MESSAGE_BYTES, Envelope, Metric, MetricRow, Topics, TopicSpec
+from fedilake.contracts import (
+    MAX_MESSAGE_BYTES,
+    Envelope,
+    Metric,
+    MetricRow,
+    RowKeys,
+    Topics,
+    TopicSpec,
+)
 from fedilake.kafka_topics import ensure_topics
 from fedilake.pipeline import spawn_cli
 from fedilake.settings import HBaseSettings, KafkaSettings
@@ -173,7 +181,7 @@ class SpeedRun:
         try:
             return {
                 value.row: value.live
-                for value in MetricStore(connection).scan_all()
+                for value in MetricStore(connection, RowKeys(self.hbase.salt_buckets)).scan_all()
                 if value.live is not None
             }
         finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -81,6 +82,8 @@ class CounterWorker:
     # ------------------------------------------------------------------ events
 
     async def process_batch(self, events: Sequence[Any]) -> None:
+        """Count a batch; its events are acknowledged when this returns, so anything that
+        goes wrong here must stop the worker before they are (see `count_events`)."""
         await self.open_partitions({event.message.partition for event in events})
         for event in events:
             self.process(event.message.partition, event.value)
@@ -90,10 +93,17 @@ class CounterWorker:
         self.stats.events += 1
         try:
             envelope = Envelope.from_bytes(raw)
+            self._count(partition, envelope)
         except EnvelopeError as exc:
             self.stats.skipped += 1
             log.warning("skipping a message that is not an envelope: %s", exc)
-            return
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # A payload our definitions cannot read: skipped the same way on every replay,
+            # so the counters stay a function of the events.
+            self.stats.skipped += 1
+            log.warning("skipping an event the metrics cannot read: %r", exc)
+
+    def _count(self, partition: int, envelope: Envelope) -> None:
         if envelope.kind not in COUNTED_KINDS or not envelope.uri:
             return  # a delete no stored copy can match has nothing to take out
         key = envelope.uri.encode()
@@ -124,9 +134,17 @@ class CounterWorker:
             loop = asyncio.get_running_loop()
             for partition in missing:
                 started = time.monotonic()
-                await loop.run_in_executor(None, self.records.recover, partition)
-                records = [StatusRecord.from_bytes(raw) for _, raw in self.records.items(partition)]
-                self.stats.rebuilt_records += self.live.rebuild(partition, records)
+                db = await loop.run_in_executor(None, self.records.recover, partition)
+                self.records.install(partition, db)
+                try:
+                    records = [StatusRecord.from_bytes(v) for _, v in self.records.items(partition)]
+                    self.stats.rebuilt_records += self.live.rebuild(
+                        partition, records, self.records.flushed_watermark(partition)
+                    )
+                except BaseException:
+                    self.records.close(partition)  # opened only with its counters
+                    self.live.drop(partition)
+                    raise
                 log.info(
                     "rebuilt the counters of partition %d from %d status records in %.1fs",
                     partition,
@@ -173,8 +191,9 @@ class CounterWorker:
                 return
             self.stats.cells += cells
             self.stats.flushes += 1
-            for partition in flushes:
-                self.live.forget_closed(partition)
+            for partition, written in flushes.items():
+                self.live.forget_closed(partition, written)
+                self.records.set_flushed_watermark(partition, written.watermark_ms)
             log.debug("flushed %d live counter cells to HBase", cells)
 
     def _close(self) -> None:
@@ -228,7 +247,15 @@ def build_app(settings: ProcessorSettings, kafka: KafkaSettings, hbase: HBaseSet
         async for batch in stream.take_events(
             settings.batch_events, within=settings.batch_within_s
         ):
-            await worker.process_batch(batch)
+            try:
+                await worker.process_batch(batch)
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - see below
+                # Leaving the loop would acknowledge the batch (Faust acks in a `finally`)
+                # and a restarted agent would count on from there: stop as a crash does
+                # instead; the restarted worker recovers exactly.
+                log.critical("counting a batch failed; the worker stops now: %r", exc)
+                logging.shutdown()
+                os._exit(70)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types `signal=` keyword-only
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -32,6 +32,8 @@ class Flush:
 
     counts: dict[MetricRow, int] = field(default_factory=dict)
     gauges: dict[MetricRow, tuple[int, int]] = field(default_factory=dict)
+    watermark_ms: int = 0  # every window closed at this watermark is final once this is written
+    catch_up_ms: int = 0
 
     def __len__(self) -> int:
         return len(self.counts) + len(self.gauges)
@@ -46,6 +48,7 @@ class PartitionCounters:
     dirty_accounts: set[str] = field(default_factory=set)
     new_accounts: set[str] = field(default_factory=set)  # whose creation month is not written
     watermark_ms: int = 0
+    catch_up_ms: int = 0  # the watermark of the records, reached after a rebuild's first flush
     late_changes: int = 0
 
 
@@ -87,7 +90,7 @@ class LiveCounters:
         return partition in self.partitions
 
     def apply(self, partition: int, old: StatusRecord | None, new: StatusRecord) -> None:
-        view = self.partitions.setdefault(partition, PartitionCounters())
+        view = self.partitions[partition]  # KeyError: a partition must be rebuilt before use
         if (old is None or old.version_ms == NEVER) and new.version_ms != NEVER:
             self._advance(view, new.event_ms)  # a new status (not a delete, not a refresh)
         for row, change in delta(old, new).items():
@@ -110,7 +113,7 @@ class LiveCounters:
         view.dirty.add(row)
 
     def _see_account(self, view: PartitionCounters, snapshot: AccountSnapshot) -> None:
-        """Keep the latest snapshot; write the gauge when its value changes (or is new)."""
+        """Keep the latest snapshot of each account, and write it."""
         known = view.accounts.get(snapshot.handle)
         if known is not None and (known.observed_ms, known.followers) >= (
             snapshot.observed_ms,
@@ -120,19 +123,31 @@ class LiveCounters:
         view.accounts[snapshot.handle] = snapshot
         if known is None:
             view.new_accounts.add(snapshot.handle)
-            view.dirty_accounts.add(snapshot.handle)
-        elif known.followers != snapshot.followers:
-            view.dirty_accounts.add(snapshot.handle)
+        # Rewritten even when the count is unchanged: readers take the newest observation
+        # across partitions, so an old one here could lose to another partition's.
+        view.dirty_accounts.add(snapshot.handle)
 
     # ------------------------------------------------------------------ ownership
 
-    def rebuild(self, partition: int, records: Iterable[StatusRecord]) -> int:
-        """The partition's counters from its records; everything they touch is written again."""
+    def rebuild(
+        self,
+        partition: int,
+        records: Iterable[StatusRecord],
+        flushed_watermark_ms: int | None = None,
+    ) -> int:
+        """The partition's counters from its records; everything they touch is written again.
+
+        Windows are judged closed at `flushed_watermark_ms`, the watermark of the last flush
+        known to have completed (0 when unknown): a window that closed after it may have
+        missed its last write, so it is rebuilt and written once more before it closes.
+        """
         records = list(records)
         view = PartitionCounters()  # installed when complete: a flush never sees half of it
         for record in records:
             if record.version_ms != NEVER:
                 self._advance(view, record.event_ms)
+        view.catch_up_ms = view.watermark_ms
+        view.watermark_ms = min(view.watermark_ms, flushed_watermark_ms or 0)
         for record in records:
             for row, amount in record.rows().items():
                 self._add(view, row, amount)
@@ -154,6 +169,8 @@ class LiveCounters:
         flush = Flush()
         if view is None:
             return flush
+        flush.watermark_ms = view.watermark_ms
+        flush.catch_up_ms = view.catch_up_ms  # every row of a rebuild is dirty until this flush
         flush.counts = {row: view.values.get(row, 0) for row in view.dirty}
         for row, value in flush.counts.items():
             if value == 0:  # written as a removed cell; nothing left to remember
@@ -181,11 +198,14 @@ class LiveCounters:
             row.dimension for row in flush.counts if row.metric is Metric.ACCOUNTS_CREATED
         )
 
-    def forget_closed(self, partition: int) -> int:
-        """Drop the written counters of closed windows; returns how many were dropped."""
+    def forget_closed(self, partition: int, written: Flush | None = None) -> int:
+        """Drop the written counters of closed windows (`written`: the flush that just
+        succeeded); returns how many were dropped."""
         view = self.partitions.get(partition)
         if view is None:
             return 0
+        if written is not None and written.catch_up_ms > view.watermark_ms:
+            view.watermark_ms = written.catch_up_ms  # the rebuild's windows are written: move on
         dropped = 0
         for window in [w for w in view.windows if self.is_closed(w, view.watermark_ms)]:
             rows = view.windows[window]

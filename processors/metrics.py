@@ -129,7 +129,8 @@ def external_urls(status: Mapping[str, Any]) -> frozenset[str]:
     for match in _ANCHOR.finditer(str(status.get("content") or "")):
         attributes = match.group(1)
         classes = _CLASS.search(attributes)
-        if classes and {"mention", "hashtag"} & set((classes.group(1) or classes.group(2)).split()):
+        names = (classes.group(1) or classes.group(2) or "") if classes else ""
+        if {"mention", "hashtag"} & set(names.split()):
             continue
         href = _HREF.search(attributes)
         if href:

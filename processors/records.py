@@ -30,7 +30,10 @@ from fedilake.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-OFFSET_KEY = b"\x00fedilake:changelog-offset"  # status uris never start with a NUL byte
+# Keys of our own in each partition's database; status uris never start with a NUL byte.
+OFFSET_KEY = b"\x00fedilake:changelog-offset"
+FLUSHED_WATERMARK_KEY = b"\x00fedilake:flushed-watermark"
+_OWN_KEYS = (OFFSET_KEY, FLUSHED_WATERMARK_KEY)
 
 
 def ensure_changelog(kafka: KafkaSettings, name: str, partitions: int) -> None:
@@ -70,17 +73,24 @@ class RecordTable:
     def is_open(self, partition: int) -> bool:
         return partition in self._dbs
 
-    def recover(self, partition: int) -> int:
-        """Open the partition's database and replay the changelog beyond its offset (blocking)."""
+    def recover(self, partition: int) -> Rdict:
+        """The partition's database, brought up to date from the changelog (blocking: run it
+        in an executor thread, then `install` the result on the event loop)."""
         path = self.data_dir / f"status-records-p{partition}"
         path.parent.mkdir(parents=True, exist_ok=True)
         db = Rdict(str(path), Options(raw_mode=True))
-        stored = db.get(OFFSET_KEY)
-        start = int(stored) + 1 if stored is not None else 0
-        replayed = self._replay(db, partition, start)
+        try:
+            stored = db.get(OFFSET_KEY)
+            start = int(stored) + 1 if stored is not None else 0
+            self._replay(db, partition, start)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def install(self, partition: int, db: Rdict) -> None:
         self._dbs[partition] = db
         self._pending[partition] = {}
-        return replayed
 
     def _replay(self, db: Rdict, partition: int, start: int) -> int:
         tp = TopicPartition(self.changelog, partition)
@@ -147,33 +157,54 @@ class RecordTable:
     def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         """Every stored record of the partition (what was committed)."""
         for key, value in self._dbs[partition].items():
-            if isinstance(key, bytes) and isinstance(value, bytes) and key != OFFSET_KEY:
+            if isinstance(key, bytes) and isinstance(value, bytes) and key not in _OWN_KEYS:
                 yield key, value
+
+    def flushed_watermark(self, partition: int) -> int | None:
+        """The watermark up to which this database's worker wrote every closed window to
+        HBase (local only: a database that never flushed, or another worker's, has none)."""
+        value = self._dbs[partition].get(FLUSHED_WATERMARK_KEY)
+        return int(value) if isinstance(value, bytes) else None
+
+    def set_flushed_watermark(self, partition: int, watermark_ms: int) -> None:
+        db = self._dbs.get(partition)
+        if db is not None:
+            db[FLUSHED_WATERMARK_KEY] = str(watermark_ms).encode()
 
     def pending(self) -> int:
         return sum(len(p) for p in self._pending.values())
 
     async def commit(self) -> None:
-        """Changelog first (acknowledged by every replica), then RocksDB with the new offset."""
-        waiting: list[tuple[int, Any, dict[bytes, bytes]]] = []
+        """Changelog first (acknowledged by every replica), then RocksDB with the new offset.
+
+        A failure leaves the changes pending (and raises): they must not be lost, and the
+        caller must not acknowledge the events they came from.
+        """
         producer = await self._producer_started()
-        for partition, changes in self._pending.items():
-            if not changes:
-                continue
-            for chunk in _chunks(changes, producer):
-                future = await producer.send_batch(chunk[0], self.changelog, partition=partition)
-                waiting.append((partition, future, chunk[1]))
+        taken = [(p, changes) for p, changes in list(self._pending.items()) if changes]
+        for partition, _ in taken:
             self._pending[partition] = {}
-        for partition, future, changes in waiting:
-            metadata = await future
-            last = metadata.offset + len(changes) - 1
-            batch = WriteBatch(raw_mode=True)
-            for key, value in changes.items():
-                batch.put(key, value)
-            batch.put(OFFSET_KEY, str(last).encode())
-            db = self._dbs.get(partition)
-            if db is not None:  # revoked meanwhile: the changelog has it for the next owner
-                db.write(batch)
+        try:
+            waiting = []
+            for partition, changes in taken:
+                for batch, members in _chunks(changes, producer):
+                    future = await producer.send_batch(batch, self.changelog, partition=partition)
+                    waiting.append((partition, future, members))
+            for partition, future, members in waiting:
+                metadata = await future
+                last = metadata.offset + len(members) - 1
+                writes = WriteBatch(raw_mode=True)
+                for key, value in members.items():
+                    writes.put(key, value)
+                writes.put(OFFSET_KEY, str(last).encode())
+                db = self._dbs.get(partition)
+                if db is not None:  # revoked meanwhile: the changelog has it for the next owner
+                    db.write(writes)
+        except BaseException:
+            for partition, changes in taken:
+                if partition in self._pending:
+                    self._pending[partition] = {**changes, **self._pending[partition]}
+            raise
 
     async def _producer_started(self) -> AIOKafkaProducer:
         if self._producer is None:

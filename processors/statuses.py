@@ -160,28 +160,20 @@ def apply(record: StatusRecord | None, envelope: Envelope) -> StatusRecord | Non
         record = StatusRecord(event_ms=millis(envelope.event_time()))
     accounts = _newer_accounts(record.accounts, account_snapshots(status, envelope.received_at))
     if kind is EventKind.REFRESH:
-        received_ms = millis(envelope.received_at)
-        if received_ms <= record.engaged_ms:
-            return None if accounts == record.accounts else replace(record, accounts=accounts)
-        engagement = engagement_facts(status)
-        return replace(
-            record,
-            engaged_ms=received_ms,
-            engagement=engagement,
-            retired=_union(record.retired, _dropped(record.engagement, engagement)),
-            accounts=accounts,
-        )
-    version_ms = _version_ms(status, envelope.event_time())
-    if version_ms <= record.version_ms:
+        stamp, counted = millis(envelope.received_at), record.engaged_ms
+    else:
+        stamp, counted = _version_ms(status, envelope.event_time()), record.version_ms
+    if stamp <= counted:  # seen before, or older than what counts: only the accounts may be news
         return None if accounts == record.accounts else replace(record, accounts=accounts)
+    if kind is EventKind.REFRESH:
+        engagement = engagement_facts(status)
+        retired = _union(record.retired, _dropped(record.engagement, engagement))
+        return replace(
+            record, engaged_ms=stamp, engagement=engagement, retired=retired, accounts=accounts
+        )
     content = content_facts(status)
-    return replace(
-        record,
-        version_ms=version_ms,
-        content=content,
-        retired=_union(record.retired, _dropped(record.content, content)),
-        accounts=accounts,
-    )
+    retired = _union(record.retired, _dropped(record.content, content))
+    return replace(record, version_ms=stamp, content=content, retired=retired, accounts=accounts)
 
 
 def _dropped(old: tuple[Fact, ...], new: tuple[Fact, ...]) -> tuple[Fact, ...]:
