@@ -103,13 +103,18 @@ class LiveCounters:
             view.watermark_ms = max(view.watermark_ms, event_ms)
 
     def _add(self, view: PartitionCounters, row: MetricRow, change: int) -> None:
+        # The hot path: a few times per event, so the window lookups are inlined.
         window = (row.granularity, row.bucket)
-        if self.is_closed(window, view.watermark_ms):
+        end = self._window_ends[window] if window in self._window_ends else self._end_ms(window)
+        if end is not None and end + self.allowed_lateness_ms <= view.watermark_ms:
             if change:
                 view.late_changes += 1
             return
         view.values[row] = view.values.get(row, 0) + change
-        view.windows.setdefault(window, set()).add(row)
+        rows = view.windows.get(window)
+        if rows is None:
+            rows = view.windows[window] = set()
+        rows.add(row)
         view.dirty.add(row)
 
     def _see_account(self, view: PartitionCounters, snapshot: AccountSnapshot) -> None:

@@ -232,10 +232,14 @@ def account_snapshots(status: Mapping[str, Any], observed: datetime) -> tuple[Ac
 
 
 def _month_of(value: Any) -> str | None:
-    if not value:
-        return None
+    return _month_of_text(str(value)) if value else None
+
+
+@lru_cache(maxsize=65536)
+def _month_of_text(text: str) -> str | None:
+    # Cached: every status carries its author's creation date, and authors repeat.
     try:
-        return bucket_of(parse_time(str(value)), Granularity.MONTH)
+        return bucket_of(parse_time(text), Granularity.MONTH)
     except ValueError:
         return None
 
