@@ -36,6 +36,13 @@ FLUSHED_WATERMARK_KEY = b"\x00fedilake:flushed-watermark"
 _OWN_KEYS = (OFFSET_KEY, FLUSHED_WATERMARK_KEY)
 
 
+REPLAY_STALL_S = 60.0
+
+
+class RecordsUnavailable(RuntimeError):
+    """The changelog cannot be read; the worker cannot know its records and must stop."""
+
+
 def ensure_changelog(kafka: KafkaSettings, name: str, partitions: int) -> None:
     """The compacted changelog topic (only the latest record per status is kept)."""
     admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id="fedilake-admin")
@@ -110,8 +117,15 @@ class RecordTable:
             if position >= end:
                 return 0
             consumer.seek(tp, position)
+            progressed = time.monotonic()
             while position < end:
+                if time.monotonic() - progressed > REPLAY_STALL_S:
+                    raise RecordsUnavailable(
+                        f"changelog {self.changelog} partition {partition}: no progress for "
+                        f"{REPLAY_STALL_S:.0f}s at offset {position} of {end}; is Kafka up?"
+                    )
                 batch = WriteBatch(raw_mode=True)
+                before = position
                 for records in consumer.poll(timeout_ms=1000).values():
                     for record in records:
                         if record.value is None:
@@ -120,8 +134,10 @@ class RecordTable:
                             batch.put(record.key, record.value)
                         position = record.offset + 1
                         replayed += 1
-                batch.put(OFFSET_KEY, str(position - 1).encode())
-                db.write(batch)
+                if position > before:
+                    progressed = time.monotonic()
+                    batch.put(OFFSET_KEY, str(position - 1).encode())
+                    db.write(batch)
         finally:
             consumer.close()
         log.info(
