@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
 
-from fedilake.contracts import Granularity, Metric, MetricRow, Tables
+from fedilake.contracts import HOURLY_TTL_S, Granularity, Metric, MetricRow, RowKeys, Tables
 from fedilake.settings import HBaseSettings
 from fedilake.stack.control import LocalStack
 from sinks.hbase import MetricStore, connect, init_tables
@@ -63,5 +66,86 @@ def test_top_reads_one_hour_by_prefix_scan_only(stack: LocalStack) -> None:
         top = store.top(Metric.HASHTAG, Granularity.HOUR, hour, limit=20)
         assert [v.row.dimension for v in top] == [f"tag{n:02d}" for n in range(29, 9, -1)]
         assert all(v.row.bucket == hour for v in top)
+    finally:
+        connection.close()
+
+
+def test_hourly_rows_have_their_own_table_with_a_ttl(stack: LocalStack) -> None:
+    connection = connect(HBaseSettings())
+    try:
+        families = connection.table(Tables.HOURLY.name).families()
+        assert families[b"l"]["time_to_live"] == HOURLY_TTL_S
+        assert connection.table(Tables.METRICS.name).families()[b"l"]["time_to_live"] > 10**9
+    finally:
+        connection.close()
+
+
+def test_hbase_init_command_is_idempotent(stack: LocalStack) -> None:
+    prefix = f"init{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "FEDILAKE_HBASE_TABLE_PREFIX": prefix}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-m", "fedilake.cli", "hbase", "init"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+        for _ in range(2)
+    ]
+    assert "fedilake_metrics_hourly: created" in runs[0]
+    assert "fedilake_metrics_hourly: present" in runs[1] and "created" not in runs[1]
+    assert "time_to_live=3024000" in runs[1]
+    connection = connect(HBaseSettings(table_prefix=prefix))
+    try:
+        for name in connection.tables():
+            connection.delete_table(name, disable=True)
+    finally:
+        connection.close()
+
+
+def test_salted_keys_spread_a_bucket_and_read_back_whole(stack: LocalStack) -> None:
+    bucket = "19970101" + f"{uuid.uuid4().int % 24:02d}"
+    keys = RowKeys(salt_buckets=8)
+    rows = {
+        MetricRow(Metric.HASHTAG, Granularity.HOUR, bucket, f"s{n:02d}"): n + 1 for n in range(40)
+    }
+    salted = HBaseSettings(table_prefix=f"salt{uuid.uuid4().hex[:8]}", salt_buckets=8)
+    connection = connect(salted)  # tables of its own: salted and plain keys never share one
+    try:
+        init_tables(connection)
+        store = MetricStore(connection, keys)
+        store.write_live(2, rows)
+        salts = {keys.encode(row)[0] for row in rows}
+        assert len(salts) > 4  # the bucket's writes land in several key ranges
+        found = {v.row: v.live for v in store.scan_bucket(Metric.HASHTAG, Granularity.HOUR, bucket)}
+        assert found == rows
+        # Unsalted, the same bucket reads nothing: the salt really is in the stored key.
+        plain = MetricStore(connection)
+        assert list(plain.scan_bucket(Metric.HASHTAG, Granularity.HOUR, bucket)) == []
+    finally:
+        for name in connection.tables():
+            connection.delete_table(name, disable=True)
+        connection.close()
+
+
+def test_a_zero_count_removes_the_cell_and_gauges_read_the_newest(stack: LocalStack) -> None:
+    tag = f"z{uuid.uuid4().hex[:8]}"
+    row = MetricRow(Metric.HASHTAG, Granularity.ALL, "all", tag)
+    gauge = MetricRow(Metric.FOLLOWERS, Granularity.ALL, "all", f"{tag}@example.social")
+    connection = connect(HBaseSettings())
+    try:
+        store = MetricStore(connection)
+        store.write_live(0, {row: 3}, {gauge: (2_000, 50)})
+        store.write_live(1, {row: 1}, {gauge: (1_000, 90)})  # an older snapshot elsewhere
+        store.write_live(0, {row: 0})  # the last status of partition 0 left the tag
+        values = {
+            v.row: v.live
+            for metric in (Metric.HASHTAG, Metric.FOLLOWERS)
+            for v in store.scan_bucket(metric, Granularity.ALL, "all")
+            if v.row in (row, gauge)
+        }
+        assert values == {row: 1, gauge: 50}
     finally:
         connection.close()
