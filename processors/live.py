@@ -102,12 +102,12 @@ class LiveCounters:
         if event_ms <= (self._clock() + self.MAX_CLOCK_SKEW_S) * 1000:
             view.watermark_ms = max(view.watermark_ms, event_ms)
 
-    def _add(self, view: PartitionCounters, row: MetricRow, change: int) -> None:
+    def _add(self, view: PartitionCounters, row: MetricRow, change: int, late: bool = True) -> None:
         # The hot path: a few times per event, so the window lookups are inlined.
         window = (row.granularity, row.bucket)
         end = self._window_ends[window] if window in self._window_ends else self._end_ms(window)
         if end is not None and end + self.allowed_lateness_ms <= view.watermark_ms:
-            if change:
+            if change and late:  # a rebuild skipping closed windows is not lateness
                 view.late_changes += 1
             return
         view.values[row] = view.values.get(row, 0) + change
@@ -139,6 +139,8 @@ class LiveCounters:
         partition: int,
         records: Iterable[StatusRecord],
         flushed_watermark_ms: int | None = None,
+        archive: Iterable[tuple[MetricRow, int]] = (),
+        archived_accounts: Iterable[AccountSnapshot] = (),
     ) -> int:
         """The partition's counters from its records; everything they touch is written again.
 
@@ -155,11 +157,15 @@ class LiveCounters:
         view.watermark_ms = min(view.watermark_ms, flushed_watermark_ms or 0)
         for record in records:
             for row, amount in record.rows().items():
-                self._add(view, row, amount)
+                self._add(view, row, amount, late=False)
             for row in record.touched_rows():
                 self._add(view, row, 0)  # a counter the status left is written as 0
             for snapshot in record.accounts:
                 self._see_account(view, snapshot)
+        for row, amount in archive:  # all-time counts of archived records (see `archive`)
+            self._add(view, row, amount)
+        for snapshot in archived_accounts:
+            self._see_account(view, snapshot)
         self.partitions[partition] = view
         return len(records)
 
