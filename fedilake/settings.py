@@ -187,12 +187,6 @@ class ProcessorSettings(BaseSettings):
         description="how long after its end an hour or day window still takes changes "
         "(the default covers the streamer's 24 h engagement refresh)",
     )
-    records_retention_s: float = Field(
-        default=8 * 86400.0,
-        description="status records older than this (event time) keep only their all-time "
-        "counts; at least the allowed lateness plus two days",
-    )
-    archive_interval_s: float = Field(default=600.0, gt=0, description="how often to archive")
     batch_events: int = Field(default=2000, gt=0, description="events taken per batch")
     report_interval_s: float = Field(default=30.0, gt=0, description="how often to log counts")
     batch_within_s: float = Field(

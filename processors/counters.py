@@ -26,31 +26,18 @@ from typing import Any
 
 import faust
 import happybase
-import orjson
 
-from fedilake.contracts import Envelope, EnvelopeError, EventKind, MetricRow, RowKeys, Topics
+from fedilake.contracts import Envelope, EnvelopeError, EventKind, RowKeys, Topics
 from fedilake.settings import HBaseSettings, KafkaSettings, ProcessorSettings
 from sinks.hbase import MetricStore, connect
 
 from .live import Flush, LiveCounters
-from .metrics import AccountSnapshot
-from .records import (
-    ACCOUNT_PREFIX,
-    AGE_PREFIX,
-    ARCHIVE_CUTOFF_KEY,
-    ARCHIVE_PREFIX,
-    RecordTable,
-    ensure_changelog,
-)
+from .records import RecordTable, ensure_changelog
 from .statuses import StatusRecord, apply
 
 log = logging.getLogger(__name__)
 
 COUNTED_KINDS = frozenset({EventKind.STATUS, EventKind.EDIT, EventKind.DELETE, EventKind.REFRESH})
-
-
-def _ms_key(ms: int) -> bytes:
-    return max(ms, 0).to_bytes(8, "big")  # big-endian: byte order is time order
 
 
 def changelog_topic(settings: ProcessorSettings) -> str:
@@ -65,7 +52,6 @@ class WorkerStats:
     cells: int = 0
     flushes: int = 0
     rebuilt_records: int = 0
-    archived: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -88,13 +74,6 @@ class CounterWorker:
         )
         self.live = LiveCounters(settings.allowed_lateness_s)
         self.stats = WorkerStats()
-        self.retention_ms = int(settings.records_retention_s * 1000)
-        if settings.records_retention_s < settings.allowed_lateness_s + 2 * 86400:
-            raise ValueError(
-                "FEDILAKE_PROCESSOR_RECORDS_RETENTION_S must be at least the allowed lateness "
-                "plus two days: an archived status's day window must have closed a day before"
-            )
-        self._archived_at: dict[int, float] = {}
         self._flush_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
         self._connection: happybase.Connection | None = None
@@ -105,22 +84,10 @@ class CounterWorker:
     async def process_batch(self, events: Sequence[Any]) -> None:
         """Count a batch; its events are acknowledged when this returns, so anything that
         goes wrong here must stop the worker before they are (see `count_events`)."""
-        partitions = {event.message.partition for event in events}
-        await self.open_partitions(partitions)
+        await self.open_partitions({event.message.partition for event in events})
         for event in events:
             self.process(event.message.partition, event.value)
         await self.records.commit()
-        now = time.monotonic()
-        due = [
-            p
-            for p in partitions
-            if now - self._archived_at.get(p, 0.0) >= self.settings.archive_interval_s
-        ]
-        if due:
-            for partition in due:
-                self._archived_at[partition] = now
-                self.archive_old_records(partition)
-            await self.records.commit()
 
     def process(self, partition: int, raw: bytes) -> None:
         self.stats.events += 1
@@ -146,82 +113,8 @@ class CounterWorker:
         if new is None:
             return
         self.records.put(partition, key, new.to_bytes())
-        if old is None:  # indexed by event time, for `archive_old_records`
-            self.records.put(partition, AGE_PREFIX + _ms_key(new.event_ms) + key, b"")
         self.live.apply(partition, old, new)
         self.stats.changed += 1
-
-    def archive_old_records(self, partition: int, limit: int = 100_000) -> int:
-        """Fold records older than the retention into the partition's archive.
-
-        Their hour and day windows are closed; only their all-time counts and their
-        accounts' snapshots still matter, and those are summed into a few archive keys.
-        The live counters do not change: the same counts now come from the archive.
-        """
-        view = self.live.partitions.get(partition)
-        if view is None:
-            return 0
-        cutoff = view.watermark_ms - self.retention_ms
-        if cutoff <= 0:
-            return 0
-        archived = 0
-        stop = AGE_PREFIX + _ms_key(cutoff)
-        for age_key, _ in self.records.scan(partition, AGE_PREFIX, stop):
-            if archived >= limit:
-                break
-            key = age_key[len(AGE_PREFIX) + 8 :]
-            stored = self.records.get(partition, key)
-            record = StatusRecord.from_bytes(stored) if stored is not None else None
-            if record is not None and not record.archived:
-                marker, kept = record.archive()
-                self.records.put(partition, key, marker.to_bytes())
-                for row, amount in kept.items():
-                    archive_key = ARCHIVE_PREFIX + row.key()
-                    total = int(self.records.get(partition, archive_key) or b"0") + amount
-                    self.records.put(partition, archive_key, str(total).encode())
-                for snapshot in record.accounts:
-                    self._archive_account(partition, snapshot)
-                archived += 1
-            self.records.delete(partition, age_key)
-        self.records.put(partition, ARCHIVE_CUTOFF_KEY, str(cutoff).encode())
-        if archived:
-            self.stats.archived += archived
-            log.info("partition %d: %d status records archived", partition, archived)
-        return archived
-
-    def _archive_account(self, partition: int, snapshot: AccountSnapshot) -> None:
-        key = ACCOUNT_PREFIX + snapshot.handle.encode()
-        stored = self.records.get(partition, key)
-        if stored is not None:
-            known = AccountSnapshot(*orjson.loads(stored))
-            if (known.observed_ms, known.followers) >= (snapshot.observed_ms, snapshot.followers):
-                return
-        fields = [snapshot.handle, snapshot.followers, snapshot.observed_ms, snapshot.created_month]
-        self.records.put(partition, key, orjson.dumps(fields))
-
-    def _closed_below(self, partition: int) -> int | None:
-        """The watermark a rebuild judges windows closed at: the last completed flush's, and
-        never below the windows of archived records (their markers count for nothing, so
-        reopening those windows would write them without the archived statuses)."""
-        flushed = self.records.flushed_watermark(partition)
-        cutoff = self.records.get(partition, ARCHIVE_CUTOFF_KEY)
-        if cutoff is None:
-            return flushed
-        archived_windows_closed = int(cutoff) + 86_400_000 + self.live.allowed_lateness_ms
-        return max(flushed or 0, archived_windows_closed)
-
-    def archive_of(
-        self, partition: int
-    ) -> tuple[list[tuple[MetricRow, int]], list[AccountSnapshot]]:
-        rows = [
-            (MetricRow.from_key(key[len(ARCHIVE_PREFIX) :]), int(value))
-            for key, value in self.records.scan(partition, ARCHIVE_PREFIX)
-        ]
-        accounts = [
-            AccountSnapshot(*orjson.loads(value))
-            for _, value in self.records.scan(partition, ACCOUNT_PREFIX)
-        ]
-        return rows, accounts
 
     # ------------------------------------------------------------------ ownership
 
@@ -245,9 +138,8 @@ class CounterWorker:
                 self.records.install(partition, db)
                 try:
                     records = [StatusRecord.from_bytes(v) for _, v in self.records.items(partition)]
-                    archive, accounts = self.archive_of(partition)
                     self.stats.rebuilt_records += self.live.rebuild(
-                        partition, records, self._closed_below(partition), archive, accounts
+                        partition, records, self.records.flushed_watermark(partition)
                     )
                 except BaseException:
                     self.records.close(partition)  # opened only with its counters
@@ -316,14 +208,13 @@ class CounterWorker:
     def report(self) -> None:
         log.info(
             "counters: %d events, %d changed a status, %d cells written in %d flushes, "
-            "%d late changes left to the batch, %d counters pending, %d records archived",
+            "%d late changes left to the batch, %d counters pending",
             self.stats.events,
             self.stats.changed,
             self.stats.cells,
             self.stats.flushes,
             self.live.late_changes(),
             self.live.pending(),
-            self.stats.archived,
         )
 
 

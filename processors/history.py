@@ -77,13 +77,8 @@ def speed_history(
     refresh_share: float = 0.25,
     reblog_share: float = 0.05,
     duplicate_share: float = 0.03,
-    recent_targets: int | None = None,
 ) -> History:
-    """About `events` envelopes whose statuses span `hours` of event time from `start`.
-
-    Edits, deletes, refreshes and boosts pick any earlier status, or with `recent_targets`
-    one of the newest that many (so that none arrives after its status's windows closed).
-    """
+    """About `events` envelopes whose statuses span `hours` of event time from `start`."""
     rng = random.Random(f"{seed}:history")
     statuses = max(
         1, int(events * (1 - edit_share - delete_share - refresh_share - duplicate_share))
@@ -101,7 +96,7 @@ def speed_history(
             history.add(rng.choice(history.envelopes), "duplicate")
             continue
         roll -= duplicate_share
-        target = _pick_live(rng, live, live_uris[-recent_targets:] if recent_targets else live_uris)
+        target = _pick_live(rng, live, live_uris)
         if target is not None and roll < edit_share:
             edited = generator.edit_of(live[target], rng, at=now)
             history.truth.revise(live[target], edited)
@@ -122,8 +117,7 @@ def speed_history(
             history.add(_envelope(EventKind.REFRESH, refreshed, created + timedelta(seconds=age)))
             continue
         if live_uris and rng.random() < reblog_share:
-            pool = live_uris[-recent_targets:] if recent_targets else live_uris
-            original = live.get(rng.choice(pool))
+            original = live.get(rng.choice(live_uris))
             status = generator.reblog_of(original, rng) if original else generator.next_status()
         else:
             status = generator.next_status()

@@ -139,8 +139,6 @@ class LiveCounters:
         partition: int,
         records: Iterable[StatusRecord],
         flushed_watermark_ms: int | None = None,
-        archive: Iterable[tuple[MetricRow, int]] = (),
-        archived_accounts: Iterable[AccountSnapshot] = (),
     ) -> int:
         """The partition's counters from its records; everything they touch is written again.
 
@@ -162,10 +160,6 @@ class LiveCounters:
                 self._add(view, row, 0)  # a counter the status left is written as 0
             for snapshot in record.accounts:
                 self._see_account(view, snapshot)
-        for row, amount in archive:  # all-time counts of archived records (see `archive`)
-            self._add(view, row, amount)
-        for snapshot in archived_accounts:
-            self._see_account(view, snapshot)
         self.partitions[partition] = view
         return len(records)
 

@@ -30,13 +30,10 @@ from fedilake.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-# Keys of our own in each partition's database start with a NUL byte; status uris never do.
+# Keys of our own in each partition's database; status uris never start with a NUL byte.
 OFFSET_KEY = b"\x00fedilake:changelog-offset"
 FLUSHED_WATERMARK_KEY = b"\x00fedilake:flushed-watermark"
-ARCHIVE_PREFIX = b"\x00archive\x00"  # + MetricRow.key(): all-time counts of archived records
-ACCOUNT_PREFIX = b"\x00account\x00"  # + handle: latest snapshot of an archived record's account
-AGE_PREFIX = b"\x00age\x00"  # + 8-byte event ms + uri: the records in event-time order
-ARCHIVE_CUTOFF_KEY = b"\x00fedilake:archive-cutoff"  # records before this event ms were archived
+_OWN_KEYS = (OFFSET_KEY, FLUSHED_WATERMARK_KEY)
 
 
 REPLAY_STALL_S = 60.0
@@ -75,7 +72,7 @@ class RecordTable:
         self.changelog = changelog
         self.kafka = kafka
         self._dbs: dict[int, Rdict] = {}
-        self._pending: dict[int, dict[bytes, bytes | None]] = {}  # None: delete the key
+        self._pending: dict[int, dict[bytes, bytes]] = {}
         self._producer: AIOKafkaProducer | None = None
 
     # ------------------------------------------------------------------ ownership
@@ -164,34 +161,19 @@ class RecordTable:
     # ------------------------------------------------------------------ reads and writes
 
     def get(self, partition: int, key: bytes) -> bytes | None:
-        pending = self._pending[partition]
-        if key in pending:
-            return pending[key]
+        pending = self._pending[partition].get(key)
+        if pending is not None:
+            return pending
         value = self._dbs[partition].get(key)
         return value if isinstance(value, bytes) else None
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         self._pending[partition][key] = value
 
-    def delete(self, partition: int, key: bytes) -> None:
-        self._pending[partition][key] = None
-
     def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
-        """Every stored status record of the partition (what was committed)."""
+        """Every stored record of the partition (what was committed)."""
         for key, value in self._dbs[partition].items():
-            if isinstance(key, bytes) and isinstance(value, bytes) and not key.startswith(b"\x00"):
-                yield key, value
-
-    def scan(
-        self, partition: int, prefix: bytes, stop: bytes | None = None
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """Committed keys under `prefix` in key order (below `stop` when given)."""
-        for key, value in self._dbs[partition].items(from_key=prefix):
-            if not isinstance(key, bytes) or not key.startswith(prefix):
-                return
-            if stop is not None and key >= stop:
-                return
-            if isinstance(value, bytes):
+            if isinstance(key, bytes) and isinstance(value, bytes) and key not in _OWN_KEYS:
                 yield key, value
 
     def flushed_watermark(self, partition: int) -> int | None:
@@ -229,10 +211,7 @@ class RecordTable:
                 last = metadata.offset + len(members) - 1
                 writes = WriteBatch(raw_mode=True)
                 for key, value in members.items():
-                    if value is None:
-                        writes.delete(key)
-                    else:
-                        writes.put(key, value)
+                    writes.put(key, value)
                 writes.put(OFFSET_KEY, str(last).encode())
                 db = self._dbs.get(partition)
                 if db is not None:  # revoked meanwhile: the changelog has it for the next owner
@@ -265,19 +244,18 @@ class RecordTable:
 
 
 def _chunks(
-    changes: dict[bytes, bytes | None], producer: AIOKafkaProducer
-) -> Iterator[tuple[Any, dict[bytes, bytes | None]]]:
+    changes: dict[bytes, bytes], producer: AIOKafkaProducer
+) -> Iterator[tuple[Any, dict[bytes, bytes]]]:
     """The changes as producer batches (a batch holds up to `max_batch_size` bytes)."""
     batch = producer.create_batch()
-    members: dict[bytes, bytes | None] = {}
+    members: dict[bytes, bytes] = {}
     for key, value in changes.items():
         if batch.append(key=key, value=value, timestamp=None) is None:
             yield batch, members
             batch = producer.create_batch()
             members = {}
             if batch.append(key=key, value=value, timestamp=None) is None:
-                size = len(value or b"")
-                raise ValueError(f"a status record of {size} bytes exceeds the batch size")
+                raise ValueError(f"a status record of {len(value)} bytes exceeds the batch size")
         members[key] = value
     if members:
         yield batch, members

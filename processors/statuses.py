@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from fedilake.contracts import Envelope, EventKind, Granularity, Metric, MetricRow, parse_time
+from fedilake.contracts import Envelope, EventKind, Metric, MetricRow, parse_time
 
 from .metrics import (
     AccountSnapshot,
@@ -54,14 +54,13 @@ class StatusRecord:
     deleted: bool = False
     retired: tuple[Fact, ...] = ()
     accounts: tuple[AccountSnapshot, ...] = field(default=())
-    archived: bool = False  # its all-time counts moved to the partition's archive
 
     @property
     def event_time(self) -> datetime:
         return from_millis(self.event_ms)
 
     def counted_facts(self) -> tuple[Fact, ...]:
-        return () if self.deleted or self.archived else self.content + self.engagement
+        return () if self.deleted else self.content + self.engagement
 
     def rows(self) -> dict[MetricRow, int]:
         """Every counter this status adds to, with how much."""
@@ -74,16 +73,6 @@ class StatusRecord:
         """Counters this status counts in now or counted in before."""
         for row, _ in fact_rows(self.content + self.engagement + self.retired, self.event_time):
             yield row
-
-    def archive(self) -> tuple[StatusRecord, dict[MetricRow, int]]:
-        """The record as a marker that counts for nothing, and the all-time counts it held.
-
-        Its hour and day windows are closed long since; its all-time counts live on in the
-        partition's archive. Later events about it are ignored (a late delete is left to
-        the nightly batch), and the marker still stops a replayed copy from counting again.
-        """
-        kept = {row: n for row, n in self.rows().items() if row.granularity is Granularity.ALL}
-        return StatusRecord(event_ms=self.event_ms, deleted=self.deleted, archived=True), kept
 
     # ------------------------------------------------------------------ storage
 
@@ -98,7 +87,6 @@ class StatusRecord:
                 self.deleted,
                 _facts_doc(self.retired),
                 [[a.handle, a.followers, a.observed_ms, a.created_month] for a in self.accounts],
-                self.archived,
             ]
         )
 
@@ -114,7 +102,6 @@ class StatusRecord:
             deleted=doc[5],
             retired=_facts(doc[6]),
             accounts=tuple(AccountSnapshot(*a) for a in doc[7]),
-            archived=len(doc) > 8 and doc[8],
         )
 
 
@@ -154,8 +141,6 @@ def _newer_accounts(
 def apply(record: StatusRecord | None, envelope: Envelope) -> StatusRecord | None:
     """The record after `envelope`, or None when the event changes nothing."""
     kind = envelope.kind
-    if record is not None and record.archived:
-        return None
     if kind is EventKind.DELETE:
         if record is None:
             # Deleted before we saw it (or we never will): remembered, so a late copy

@@ -269,25 +269,3 @@ def test_an_anchor_with_an_empty_class_is_an_external_link() -> None:
     assert external_urls({"content": '<a class="" href="https://x.example/a">x</a>'}) == {
         "https://x.example/a"
     }
-
-
-def test_an_archived_record_keeps_its_all_time_counts_and_ignores_later_events() -> None:
-    events = _random_history(random.Random(3), 30)
-    records = _fold(events)
-    before = LiveCounters(allowed_lateness_s=10 * 86400)
-    before.rebuild(0, records.values())
-    expected = {r: v for r, v in before.take(0).counts.items() if r.granularity is Granularity.ALL}
-
-    archive: dict[MetricRow, int] = {}
-    kept = {}
-    for uri, record in records.items():
-        marker, rows = record.archive()
-        kept[uri] = marker
-        for row, amount in rows.items():
-            archive[row] = archive.get(row, 0) + amount
-        assert marker.rows() == {} and StatusRecord.from_bytes(marker.to_bytes()) == marker
-        assert apply(marker, events[0]) is None  # nothing counts again, a replay included
-    after = LiveCounters(allowed_lateness_s=10 * 86400)
-    after.rebuild(0, kept.values(), archive=archive.items())
-    found = {r: v for r, v in after.take(0).counts.items() if r.granularity is Granularity.ALL}
-    assert {r: v for r, v in found.items() if v} == {r: v for r, v in expected.items() if v}
