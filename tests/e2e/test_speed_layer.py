@@ -98,8 +98,12 @@ def test_two_workers_on_four_partitions_count_as_one(run: SpeedRun) -> None:
     run.start_worker("worker-a")
     wait_until_consumed(run, 0.1)
     run.start_worker("worker-b")  # a rebalance mid-stream: partitions move to worker-b
-    run.produce(events.envelopes[third:])
+    worker_b_log = run.workdir / "worker-b.log"
+    deadline = time.monotonic() + 120
+    while "rebuilt the counters of partition" not in worker_b_log.read_text():
+        run.check_workers()
+        assert time.monotonic() < deadline, "worker-b never took a partition"
+        time.sleep(0.5)
+    run.produce(events.envelopes[third:])  # the rest is counted by both workers
     verdict = run.wait_exact(expected, gauges, timeout_s=240)
     assert verdict.exact, verdict.summary()
-    logs = (run.workdir / "worker-b.log").read_text()
-    assert "rebuilt the counters of partition" in logs  # worker-b really took partitions
