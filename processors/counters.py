@@ -91,27 +91,29 @@ class CounterWorker:
 
     def process(self, partition: int, raw: bytes) -> None:
         self.stats.events += 1
+        key = b""
         try:
             envelope = Envelope.from_bytes(raw)
-            self._count(partition, envelope)
+            if envelope.kind not in COUNTED_KINDS or not envelope.uri:
+                return  # a delete no stored copy can match has nothing to take out
+            key = envelope.uri.encode()
+            stored = self.records.get(partition, key)
+            old = StatusRecord.from_bytes(stored) if stored is not None else None
+            new = apply(old, envelope)
         except EnvelopeError as exc:
             self.stats.skipped += 1
             log.warning("skipping a message that is not an envelope: %s", exc)
+            return
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             # A payload our definitions cannot read: skipped the same way on every replay,
             # so the counters stay a function of the events.
             self.stats.skipped += 1
             log.warning("skipping an event the metrics cannot read: %r", exc)
-
-    def _count(self, partition: int, envelope: Envelope) -> None:
-        if envelope.kind not in COUNTED_KINDS or not envelope.uri:
-            return  # a delete no stored copy can match has nothing to take out
-        key = envelope.uri.encode()
-        stored = self.records.get(partition, key)
-        old = StatusRecord.from_bytes(stored) if stored is not None else None
-        new = apply(old, envelope)
+            return
         if new is None:
             return
+        # Outside the guard: a failure here is ours, not the event's, and must stop the
+        # worker (see `count_events`) rather than leave the record and counters apart.
         self.records.put(partition, key, new.to_bytes())
         self.live.apply(partition, old, new)
         self.stats.changed += 1
