@@ -86,9 +86,6 @@ class LiveCounters:
 
     # ------------------------------------------------------------------ changes
 
-    def owns(self, partition: int) -> bool:
-        return partition in self.partitions
-
     def apply(self, partition: int, old: StatusRecord | None, new: StatusRecord) -> None:
         view = self.partitions[partition]  # KeyError: a partition must be rebuilt before use
         if (old is None or old.version_ms == NEVER) and new.version_ms != NEVER:

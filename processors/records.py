@@ -187,9 +187,6 @@ class RecordTable:
         if db is not None:
             db[FLUSHED_WATERMARK_KEY] = str(watermark_ms).encode()
 
-    def pending(self) -> int:
-        return sum(len(p) for p in self._pending.values())
-
     async def commit(self) -> None:
         """Changelog first (acknowledged by every replica), then RocksDB with the new offset.
 
