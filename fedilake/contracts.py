@@ -297,6 +297,8 @@ class Column:
 
 
 ROW_SEPARATOR = "\x00"
+ACCOUNT_ROW = "account"  # the metric part of an `AccountRow` key
+_ACCOUNT_KEY = f"{ACCOUNT_ROW}{ROW_SEPARATOR}".encode()
 
 
 class Metric(StrEnum):
@@ -337,6 +339,11 @@ class Metric(StrEnum):
         """One row per distinct member (an account); its value is 1, however many saw it."""
         return self is Metric.ACCOUNTS_CREATED
 
+    @property
+    def is_about_account(self) -> bool:
+        """Kept in the account's `AccountRow`, not in a row of its own."""
+        return self in _ABOUT_ACCOUNT
+
 
 class MetricRow(NamedTuple):
     """Row key in the OpenTSDB style: metric, time bucket, dimension.
@@ -365,23 +372,101 @@ class MetricRow(NamedTuple):
         return cls(Metric(metric), Granularity(bucket[0]), bucket[1:], dimension)
 
 
+# The counts kept per account, in the order of their fields in an `AccountCell`.
+ACCOUNT_COUNTS = (
+    Metric.POSTS,
+    Metric.BOOSTS,
+    Metric.REPLIES,
+    Metric.FAVOURITES,
+    Metric.REBLOGS,
+    Metric.REPLIES_RECEIVED,
+)
+_ABOUT_ACCOUNT = frozenset((*ACCOUNT_COUNTS, Metric.FOLLOWERS, Metric.ACCOUNTS_CREATED))
 _ACCOUNT_WINDOWS = (Granularity.DAY, Granularity.ALL)
 _WINDOWS: dict[Metric, tuple[Granularity, ...]] = {
     **{metric: COUNTED_GRANULARITIES for metric in Metric},
-    **{
-        metric: _ACCOUNT_WINDOWS
-        for metric in (
-            Metric.POSTS,
-            Metric.BOOSTS,
-            Metric.REPLIES,
-            Metric.FAVOURITES,
-            Metric.REBLOGS,
-            Metric.REPLIES_RECEIVED,
-        )
-    },
+    **{metric: _ACCOUNT_WINDOWS for metric in ACCOUNT_COUNTS},
     Metric.FOLLOWERS: (Granularity.ALL,),
     Metric.ACCOUNTS_CREATED: (Granularity.MONTH,),
 }
+
+
+class AccountRow(NamedTuple):
+    """The stored row of one account in one bucket: every metric about the account in one cell.
+
+    An account that posts once touches its posts, favourites, boosts and replies counters,
+    its follower count and its creation month: six rows and cells written the obvious way,
+    one here. Every account of a day is one prefix scan (`account\\0d20261123\\0`); the
+    all-time row also holds the follower gauge and the creation month.
+    """
+
+    granularity: Granularity
+    bucket: str
+    handle: str
+
+    @property
+    def dimension(self) -> str:
+        return self.handle
+
+    def key(self) -> bytes:
+        return self.prefix(self.granularity, self.bucket) + self.handle.encode()
+
+    @staticmethod
+    def prefix(granularity: Granularity, bucket: str) -> bytes:
+        return f"{ACCOUNT_ROW}{ROW_SEPARATOR}{granularity.value}{bucket}{ROW_SEPARATOR}".encode()
+
+    @classmethod
+    def of(cls, row: MetricRow) -> AccountRow:
+        """Where a metric about an account is stored: gauge and creation month all time."""
+        if row.metric.is_gauge or row.metric.is_distinct:
+            return cls(Granularity.ALL, "all", row.dimension)
+        return cls(row.granularity, row.bucket, row.dimension)
+
+    def count_rows(self) -> tuple[MetricRow, ...]:
+        """The counters this row holds, in `ACCOUNT_COUNTS` order."""
+        return tuple(
+            MetricRow(metric, self.granularity, self.bucket, self.handle)
+            for metric in ACCOUNT_COUNTS
+        )
+
+
+_ACCOUNT_COUNTS_FORMAT = struct.Struct(f">{len(ACCOUNT_COUNTS)}q")
+_SNAPSHOT_FORMAT = struct.Struct(">qq")
+
+
+class AccountCell(NamedTuple):
+    """One partition's values in an `AccountRow`: the counts, and in the all-time row the
+    newest follower snapshot (`observed_ms` < 0: none) and the creation month (`YYYYMM`).
+
+    Stored as 8-byte big-endian longs: the counts, then observed ms and followers, then the
+    month in ASCII, the last two only when present.
+    """
+
+    counts: tuple[int, ...]
+    observed_ms: int = -1
+    followers: int = 0
+    created_month: str = ""
+
+    @property
+    def is_empty(self) -> bool:
+        return self.observed_ms < 0 and not any(self.counts) and not self.created_month
+
+    def encode(self) -> bytes:
+        raw = _ACCOUNT_COUNTS_FORMAT.pack(*self.counts)
+        if self.observed_ms >= 0 or self.created_month:
+            raw += _SNAPSHOT_FORMAT.pack(self.observed_ms, self.followers)
+            raw += self.created_month.encode()
+        return raw
+
+    @classmethod
+    def decode(cls, raw: bytes) -> AccountCell:
+        size = _ACCOUNT_COUNTS_FORMAT.size
+        counts = tuple(int(n) for n in _ACCOUNT_COUNTS_FORMAT.unpack_from(raw))
+        if len(raw) == size:
+            return cls(counts)
+        observed_ms, followers = _SNAPSHOT_FORMAT.unpack_from(raw, size)
+        month = raw[size + _SNAPSHOT_FORMAT.size :].decode()
+        return cls(counts, int(observed_ms), int(followers), month)
 
 
 @dataclass(frozen=True)
@@ -395,17 +480,27 @@ class RowKeys:
 
     salt_buckets: int = 0
 
-    def encode(self, row: MetricRow) -> bytes:
+    def encode(self, row: MetricRow | AccountRow) -> bytes:
         key = row.key()
         if not self.salt_buckets:
             return key
         return bytes((zlib.crc32(row.dimension.encode()) % self.salt_buckets,)) + key
 
-    def decode(self, key: bytes) -> MetricRow:
-        return MetricRow.from_key(key[1:] if self.salt_buckets else key)
+    def decode(self, key: bytes) -> MetricRow | AccountRow:
+        key = key[1:] if self.salt_buckets else key
+        if key.startswith(_ACCOUNT_KEY):
+            _, bucket, handle = key.decode().split(ROW_SEPARATOR, 2)
+            return AccountRow(Granularity(bucket[0]), bucket[1:], handle)
+        return MetricRow.from_key(key)
 
     def prefixes(self, metric: Metric, granularity: Granularity, bucket: str) -> list[bytes]:
-        prefix = MetricRow.prefix(metric, granularity, bucket)
+        """Where the rows of one metric and bucket start (metrics about an account: the
+        account rows of the bucket they are stored in)."""
+        if metric.is_about_account:
+            stored = AccountRow.of(MetricRow(metric, granularity, bucket, ""))
+            prefix = AccountRow.prefix(stored.granularity, stored.bucket)
+        else:
+            prefix = MetricRow.prefix(metric, granularity, bucket)
         if not self.salt_buckets:
             return [prefix]
         return [bytes((salt,)) + prefix for salt in range(self.salt_buckets)]
@@ -418,16 +513,6 @@ def encode_count(value: int) -> bytes:
 
 def decode_count(raw: bytes) -> int:
     return int(struct.unpack(">q", raw)[0])
-
-
-def encode_snapshot(observed_ms: int, value: int) -> bytes:
-    """A gauge cell: when the value was observed (ms since the epoch), then the value."""
-    return struct.pack(">qq", observed_ms, value)
-
-
-def decode_snapshot(raw: bytes) -> tuple[int, int]:
-    observed_ms, value = struct.unpack(">qq", raw)
-    return int(observed_ms), int(value)
 
 
 # --------------------------------------------------------------------------- HDFS lake

@@ -174,7 +174,7 @@ class CounterWorker:
 
     def _write(self, flushes: dict[int, Flush]) -> int:
         store = self._metric_store()
-        return sum(store.write_live(p, f.counts, f.gauges) for p, f in flushes.items())
+        return sum(store.write_live(p, f.counts, f.accounts) for p, f in flushes.items())
 
     async def flush(self) -> None:
         async with self._flush_lock:

@@ -18,9 +18,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from fedilake.contracts import Granularity, Metric, MetricRow, bucket_end
+from fedilake.contracts import (
+    AccountCell,
+    AccountRow,
+    Granularity,
+    Metric,
+    MetricRow,
+    bucket_end,
+)
 
-from .metrics import AccountSnapshot, millis, snapshot_rows
+from .metrics import AccountSnapshot, millis
 from .statuses import NEVER, StatusRecord, delta
 
 Window = tuple[Granularity, str]
@@ -28,15 +35,32 @@ Window = tuple[Granularity, str]
 
 @dataclass
 class Flush:
-    """What one partition has to write: absolute counts (0 removes the cell) and gauges."""
+    """What one partition has to write, as absolute values: counts of content metrics (0
+    removes the cell), and every value of each changed account row (an empty one removes it)."""
 
     counts: dict[MetricRow, int] = field(default_factory=dict)
-    gauges: dict[MetricRow, tuple[int, int]] = field(default_factory=dict)
+    accounts: dict[AccountRow, AccountCell] = field(default_factory=dict)
     watermark_ms: int = 0  # every window closed at this watermark is final once this is written
     catch_up_ms: int = 0
 
     def __len__(self) -> int:
-        return len(self.counts) + len(self.gauges)
+        return len(self.counts) + len(self.accounts)
+
+    def values(self) -> dict[MetricRow, int]:
+        """Every counter written, by metric: follower counts, and 1 for a creation month."""
+        values = dict(self.counts)
+        for row, cell in self.accounts.items():
+            values.update(zip(row.count_rows(), cell.counts, strict=True))
+            if cell.observed_ms >= 0:
+                values[MetricRow(Metric.FOLLOWERS, row.granularity, row.bucket, row.handle)] = (
+                    cell.followers
+                )
+            if cell.created_month:
+                created = MetricRow(
+                    Metric.ACCOUNTS_CREATED, Granularity.MONTH, cell.created_month, row.handle
+                )
+                values[created] = 1
+        return values
 
 
 @dataclass
@@ -45,8 +69,7 @@ class PartitionCounters:
     windows: dict[Window, set[MetricRow]] = field(default_factory=dict)
     dirty: set[MetricRow] = field(default_factory=set)
     accounts: dict[str, AccountSnapshot] = field(default_factory=dict)
-    dirty_accounts: set[str] = field(default_factory=set)
-    new_accounts: set[str] = field(default_factory=set)  # whose creation month is not written
+    dirty_accounts: set[str] = field(default_factory=set)  # whose snapshot is not written
     watermark_ms: int = 0
     catch_up_ms: int = 0  # the watermark of the records, reached after a rebuild's first flush
     late_changes: int = 0
@@ -123,8 +146,6 @@ class LiveCounters:
         ):
             return
         view.accounts[snapshot.handle] = snapshot
-        if known is None:
-            view.new_accounts.add(snapshot.handle)
         # Rewritten even when the count is unchanged: readers take the newest observation
         # across partitions, so an old one here could lose to another partition's.
         view.dirty_accounts.add(snapshot.handle)
@@ -173,32 +194,43 @@ class LiveCounters:
             return flush
         flush.watermark_ms = view.watermark_ms
         flush.catch_up_ms = view.catch_up_ms  # every row of a rebuild is dirty until this flush
-        flush.counts = {row: view.values.get(row, 0) for row in view.dirty}
-        for row, value in flush.counts.items():
-            if value == 0:  # written as a removed cell; nothing left to remember
+        accounts = {AccountRow(Granularity.ALL, "all", handle) for handle in view.dirty_accounts}
+        for row in view.dirty:
+            value = view.values.get(row, 0)
+            if row.metric.is_about_account:
+                accounts.add(AccountRow.of(row))
+            else:
+                flush.counts[row] = value
+            if value == 0:  # written as a removed cell or field; nothing left to remember
                 view.values.pop(row, None)
                 view.windows.get((row.granularity, row.bucket), set()).discard(row)
-        for handle in view.dirty_accounts:
-            snapshot = view.accounts[handle]
-            for row in snapshot_rows(snapshot):
-                if row.metric is Metric.FOLLOWERS:
-                    flush.gauges[row] = (snapshot.observed_ms, snapshot.followers)
-                elif handle in view.new_accounts:
-                    flush.counts[row] = 1
+        for account in accounts:
+            flush.accounts[account] = self._account_cell(view, account)
         view.dirty = set()
         view.dirty_accounts = set()
-        view.new_accounts = set()
         return flush
+
+    @staticmethod
+    def _account_cell(view: PartitionCounters, row: AccountRow) -> AccountCell:
+        """Every value of the row, not only the changed ones: the cell is written whole."""
+        counts = tuple(view.values.get(counter, 0) for counter in row.count_rows())
+        snapshot = view.accounts.get(row.handle) if row.granularity is Granularity.ALL else None
+        if snapshot is None:
+            return AccountCell(counts)
+        return AccountCell(
+            counts, snapshot.observed_ms, snapshot.followers, snapshot.created_month or ""
+        )
 
     def give_back(self, partition: int, flush: Flush) -> None:
         view = self.partitions.get(partition)
         if view is None:  # revoked meanwhile: the new owner rebuilds and writes it all
             return
-        view.dirty.update(row for row in flush.counts if row.metric is not Metric.ACCOUNTS_CREATED)
-        view.dirty_accounts.update(row.dimension for row in flush.gauges)
-        view.new_accounts.update(
-            row.dimension for row in flush.counts if row.metric is Metric.ACCOUNTS_CREATED
-        )
+        view.dirty.update(flush.counts)
+        for row in flush.accounts:
+            # Every counter of the row stays dirty, so its window cannot close unwritten.
+            view.dirty.update(row.count_rows())
+            if row.granularity is Granularity.ALL:
+                view.dirty_accounts.add(row.handle)
 
     def forget_closed(self, partition: int, written: Flush | None = None) -> int:
         """Drop the written counters of closed windows (`written`: the flush that just

@@ -11,6 +11,8 @@ from datetime import date
 import happybase
 
 from fedilake.contracts import (
+    AccountCell,
+    AccountRow,
     Column,
     Granularity,
     Metric,
@@ -19,9 +21,7 @@ from fedilake.contracts import (
     Tables,
     TableSpec,
     decode_count,
-    decode_snapshot,
     encode_count,
-    encode_snapshot,
 )
 from fedilake.settings import HBaseSettings
 
@@ -84,8 +84,10 @@ class MetricStore:
     def _table(self, granularity: Granularity) -> happybase.Table:
         return self._tables[Tables.for_granularity(granularity).name]
 
-    def _by_table(self, rows: Iterable[MetricRow]) -> dict[str, list[MetricRow]]:
-        grouped: dict[str, list[MetricRow]] = {}
+    def _by_table(
+        self, rows: Iterable[MetricRow | AccountRow]
+    ) -> dict[str, list[MetricRow | AccountRow]]:
+        grouped: dict[str, list[MetricRow | AccountRow]] = {}
         for row in rows:
             grouped.setdefault(Tables.for_granularity(row.granularity).name, []).append(row)
         return grouped
@@ -94,47 +96,65 @@ class MetricStore:
         self,
         partition: int,
         counts: Mapping[MetricRow, int],
-        gauges: Mapping[MetricRow, tuple[int, int]] | None = None,
+        accounts: Mapping[AccountRow, AccountCell] | None = None,
     ) -> int:
-        """Write one partition's absolute values; a count of 0 removes the cell. Returns
-        the number of cells written or removed."""
+        """Write one partition's absolute values; a count of 0 or an empty account cell
+        removes the cell. Returns the number of cells written or removed."""
         column = live_column(partition)
-        gauges = gauges or {}
+        accounts = accounts or {}
         cells = 0
-        for name, rows in self._by_table([*counts, *gauges]).items():
+        for name, rows in self._by_table([*counts, *accounts]).items():
             with self._tables[name].batch(batch_size=self.batch_size) as batch:
                 for row in rows:
                     key = self.keys.encode(row)
-                    if row in gauges:
-                        observed_ms, value = gauges[row]
-                        batch.put(key, {column: encode_snapshot(observed_ms, value)})
-                    elif counts[row]:
-                        batch.put(key, {column: encode_count(counts[row])})
+                    if isinstance(row, AccountRow):
+                        cell = accounts[row]
+                        value = None if cell.is_empty else cell.encode()
                     else:
+                        value = encode_count(counts[row]) if counts[row] else None
+                    if value is None:
                         batch.delete(key, columns=[column])
+                    else:
+                        batch.put(key, {column: value})
                     cells += 1
         return cells
 
     def write_batch(self, values: Mapping[MetricRow, int]) -> None:
-        for name, rows in self._by_table(values).items():
+        """Batch values, whole: every counter of an account row is given at once (the
+        ones left out are written as 0); follower counts and creation months are live only."""
+        cells: dict[MetricRow | AccountRow, bytes] = {}
+        accounts: dict[AccountRow, dict[MetricRow, int]] = {}
+        for row, value in values.items():
+            if row.metric.is_gauge or row.metric.is_distinct:
+                raise ValueError(f"{row.metric.value} has no batch value")
+            if row.metric.is_about_account:
+                accounts.setdefault(AccountRow.of(row), {})[row] = value
+            else:
+                cells[row] = encode_count(value)
+        for account, given in accounts.items():
+            counts = tuple(given.get(counter, 0) for counter in account.count_rows())
+            cells[account] = AccountCell(counts).encode()
+        for name, rows in self._by_table(cells).items():
             with self._tables[name].batch(batch_size=self.batch_size) as batch:
-                for row in rows:
-                    batch.put(self.keys.encode(row), {Column.BATCH: encode_count(values[row])})
+                for stored in rows:
+                    batch.put(self.keys.encode(stored), {Column.BATCH: cells[stored]})
 
     def scan_bucket(
         self, metric: Metric, granularity: Granularity, bucket: str
     ) -> Iterator[MetricValue]:
         """Every row of one bucket: one prefix scan (one per salt when salted)."""
-        table = self._table(granularity)
+        table = self._table(granularity)  # account metrics: day, month, all; never hourly
         for prefix in self.keys.prefixes(metric, granularity, bucket):
             for key, cells in table.scan(row_prefix=prefix):
-                yield _value(self.keys.decode(key), cells)
+                for value in _values(self.keys.decode(key), cells):
+                    if value.row[:3] == (metric, granularity, bucket):
+                        yield value
 
     def scan_all(self) -> Iterator[MetricValue]:
         """Every row of every metric table (for checks and exports, not for queries)."""
         for table in self._tables.values():
             for key, cells in table.scan(batch_size=5000):
-                yield _value(self.keys.decode(key), cells)
+                yield from _values(self.keys.decode(key), cells)
 
     def day_of_hours(
         self, metric: Metric, day: date
@@ -159,14 +179,38 @@ class MetricStore:
         return values[:limit]
 
 
-def _value(row: MetricRow, cells: Mapping[bytes, bytes]) -> MetricValue:
+def _values(row: MetricRow | AccountRow, cells: Mapping[bytes, bytes]) -> Iterator[MetricValue]:
+    """The values of a stored row: one for a metric row, each one held for an account row."""
     live_cells = [v for k, v in cells.items() if k.startswith(Column.LIVE_PREFIX)]
     batch = cells.get(Column.BATCH)
-    live: int | None = None
-    if live_cells and row.metric.is_gauge:
-        live = max(decode_snapshot(v) for v in live_cells)[1]
-    elif live_cells and row.metric.is_distinct:
-        live = 1
-    elif live_cells:
-        live = sum(decode_count(v) for v in live_cells)
-    return MetricValue(row, live, decode_count(batch) if batch is not None else None)
+    if isinstance(row, MetricRow):
+        live = sum(decode_count(v) for v in live_cells) if live_cells else None
+        yield MetricValue(row, live, decode_count(batch) if batch is not None else None)
+        return
+    yield from account_values(
+        row,
+        [AccountCell.decode(v) for v in live_cells],
+        AccountCell.decode(batch) if batch is not None else None,
+    )
+
+
+def account_values(
+    row: AccountRow, live: list[AccountCell], batch: AccountCell | None
+) -> Iterator[MetricValue]:
+    """Each metric of an account row, read across the partitions' cells: counts summed
+    (absent where every partition has 0), the follower count of the newest snapshot, and
+    the creation month."""
+    for n, counter in enumerate(row.count_rows()):
+        total = sum(cell.counts[n] for cell in live)
+        batch_value = batch.counts[n] if batch is not None else 0
+        if total or batch_value:
+            yield MetricValue(counter, total or None, batch_value if batch is not None else None)
+    snapshots = [cell for cell in live if cell.observed_ms >= 0]
+    if snapshots:
+        newest = max(snapshots, key=lambda cell: (cell.observed_ms, cell.followers))
+        gauge = MetricRow(Metric.FOLLOWERS, row.granularity, row.bucket, row.handle)
+        yield MetricValue(gauge, newest.followers, None)
+    month = next((cell.created_month for cell in live if cell.created_month), "")
+    if month:
+        created = MetricRow(Metric.ACCOUNTS_CREATED, Granularity.MONTH, month, row.handle)
+        yield MetricValue(created, 1, None)

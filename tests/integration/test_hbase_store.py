@@ -9,7 +9,16 @@ import uuid
 
 import pytest
 
-from fedilake.contracts import HOURLY_TTL_S, Granularity, Metric, MetricRow, RowKeys, Tables
+from fedilake.contracts import (
+    HOURLY_TTL_S,
+    AccountCell,
+    AccountRow,
+    Granularity,
+    Metric,
+    MetricRow,
+    RowKeys,
+    Tables,
+)
 from fedilake.settings import HBaseSettings
 from fedilake.stack.control import LocalStack
 from sinks.hbase import MetricStore, connect, init_tables
@@ -130,22 +139,71 @@ def test_salted_keys_spread_a_bucket_and_read_back_whole(stack: LocalStack) -> N
         connection.close()
 
 
-def test_a_zero_count_removes_the_cell_and_gauges_read_the_newest(stack: LocalStack) -> None:
+def test_a_zero_count_removes_the_cell(stack: LocalStack) -> None:
     tag = f"z{uuid.uuid4().hex[:8]}"
     row = MetricRow(Metric.HASHTAG, Granularity.ALL, "all", tag)
-    gauge = MetricRow(Metric.FOLLOWERS, Granularity.ALL, "all", f"{tag}@example.social")
     connection = connect(HBaseSettings())
     try:
         store = MetricStore(connection)
-        store.write_live(0, {row: 3}, {gauge: (2_000, 50)})
-        store.write_live(1, {row: 1}, {gauge: (1_000, 90)})  # an older snapshot elsewhere
+        store.write_live(0, {row: 3})
+        store.write_live(1, {row: 1})
         store.write_live(0, {row: 0})  # the last status of partition 0 left the tag
-        values = {
-            v.row: v.live
-            for metric in (Metric.HASHTAG, Metric.FOLLOWERS)
-            for v in store.scan_bucket(metric, Granularity.ALL, "all")
-            if v.row in (row, gauge)
-        }
-        assert values == {row: 1, gauge: 50}
+        values = [
+            v for v in store.scan_bucket(Metric.HASHTAG, Granularity.ALL, "all") if v.row == row
+        ]
+        assert [v.live for v in values] == [1]
+    finally:
+        connection.close()
+
+
+def test_an_account_is_one_cell_per_partition_and_bucket(stack: LocalStack) -> None:
+    handle = f"a{uuid.uuid4().hex[:8]}@example.social"
+    day = "19990102"
+    all_time, one_day = (
+        AccountRow(Granularity.ALL, "all", handle),
+        AccountRow(Granularity.DAY, day, handle),
+    )
+    connection = connect(HBaseSettings())
+    try:
+        store = MetricStore(connection)
+        # posts, boosts, replies, favourites, reblogs, replies received
+        store.write_live(
+            0,
+            {},
+            {
+                all_time: AccountCell((2, 0, 0, 5, 0, 0), 2_000, 50, "202402"),
+                one_day: AccountCell((2, 0, 0, 5, 0, 0)),
+            },
+        )
+        store.write_live(
+            1,
+            {},
+            {
+                all_time: AccountCell((1, 0, 1, 0, 0, 0), 1_000, 90, "202402"),
+                one_day: AccountCell((1, 0, 1, 0, 0, 0)),
+            },
+        )  # an older follower snapshot in another partition
+        store.write_live(
+            0, {}, {one_day: AccountCell((0,) * 6)}
+        )  # partition 0's statuses left the day
+        store.write_batch({MetricRow(Metric.POSTS, Granularity.DAY, day, handle): 4})
+
+        def read(
+            metric: Metric, granularity: Granularity, bucket: str
+        ) -> dict[str, tuple[int | None, int | None]]:
+            return {
+                v.row.dimension: (v.live, v.batch)
+                for v in store.scan_bucket(metric, granularity, bucket)
+                if v.row.dimension == handle
+            }
+
+        assert read(Metric.POSTS, Granularity.ALL, "all") == {handle: (3, None)}
+        assert read(Metric.FAVOURITES, Granularity.ALL, "all") == {handle: (5, None)}
+        assert read(Metric.FOLLOWERS, Granularity.ALL, "all") == {handle: (50, None)}
+        assert read(Metric.ACCOUNTS_CREATED, Granularity.MONTH, "202402") == {handle: (1, None)}
+        assert read(Metric.ACCOUNTS_CREATED, Granularity.MONTH, "202403") == {}
+        assert read(Metric.POSTS, Granularity.DAY, day) == {handle: (1, 4)}
+        assert read(Metric.REPLIES, Granularity.DAY, day) == {handle: (1, 0)}  # batch rows are whole
+        assert read(Metric.FAVOURITES, Granularity.DAY, day) == {}
     finally:
         connection.close()
