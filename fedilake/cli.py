@@ -500,7 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seconds", type=float, default=30.0, help="speed: length of the freshness run")
     p.add_argument(
-        "--flush-s", type=float, default=1.0, help="speed: the worker's HBase flush interval"
+        "--flush-s",
+        type=float,
+        default=2.0,
+        help="speed: the longest the worker waits between two HBase flushes",
     )
     p.add_argument("--hours", type=int, default=1, help="lake: event-time hours the events span")
     p.set_defaults(func=cmd_bench)

@@ -180,7 +180,19 @@ class ProcessorSettings(BaseSettings):
         default="fedilake.events",
         description="the envelope topic to count (a replay or test topic with the same partitions)",
     )
-    flush_interval_s: float = Field(default=1.0, gt=0, description="HBase flush period")
+    flush_interval_s: float = Field(
+        default=2.0, gt=0, description="the longest a counter change waits before HBase has it"
+    )
+    flush_min_interval_s: float = Field(
+        default=0.5, gt=0, description="the shortest time between two flushes"
+    )
+    write_budget_cells_per_s: float = Field(
+        default=4000.0,
+        ge=0,
+        description="HBase cells per second the flushes may average: under it a flush goes "
+        "early (after flush_min_interval_s), over it changes gather for up to "
+        "flush_interval_s so that a cell carries more events (0: every flush_interval_s)",
+    )
     allowed_lateness_s: float = Field(
         default=26 * 3600.0,
         ge=0,

@@ -23,6 +23,7 @@ from kafka import KafkaProducer
 
 from fedilake.bench import StageResult, rss_mb
 from fedilake.contracts import Envelope, EventKind, Granularity, Metric, MetricRow, Tables
+from fedilake.settings import ProcessorSettings
 from fedilake.speed_runs import SpeedRun
 from processors.history import History, expected_counters, speed_history
 from processors.statuses import StatusRecord, apply, delta
@@ -106,13 +107,39 @@ def worker_throughput(run: SpeedRun, events: int, timeout_s: float = 600) -> Wor
     return WorkerFigures(rate, events, cells, peak_rss)
 
 
-def freshness(run: SpeedRun, rate: float, seconds: float, start: datetime) -> list[float]:
-    """Seconds from producing a probe status to its counter in HBase, at `rate` events/s.
+@dataclass
+class PacedFigures:
+    """A load produced at a steady rate: its freshness, and the cells the worker wrote for it."""
 
-    Every 50th event is a probe whose hashtag no other status has; a poller reads the
-    probes' all-time hashtag rows until each appears.
+    rate: float  # events/s actually produced
+    latencies: list[float]  # seconds from producing a probe to its counter in HBase, sorted
+    events: int
+    cells: int
+
+    def percentile(self, share: float) -> float:
+        return self.latencies[min(len(self.latencies) - 1, int(len(self.latencies) * share))]
+
+    def summary(self) -> str:
+        finite = [x for x in self.latencies if x != float("inf")]
+        return (
+            f"{len(self.latencies)} probes: p50 {self.percentile(0.5):.2f} s, "
+            f"p99 {self.percentile(0.99):.2f} s, max {max(finite, default=0.0):.2f} s; "
+            f"{self.cells / max(self.events, 1):.2f} HBase cells per event"
+        )
+
+
+def paced_load(
+    run: SpeedRun, rate: float, seconds: float, start: datetime, seed: int
+) -> PacedFigures:
+    """Produce `rate` events/s for `seconds`; measure freshness and the cells written.
+
+    About 20 events a second are probes, statuses whose hashtag no other status has; a
+    poller reads the probes' all-time hashtag rows until each appears.
     """
-    load = speed_history(int(rate * seconds), seed=99, start=start, hours=1.0).envelopes
+    load = speed_history(int(rate * seconds), seed=seed, start=start, hours=1.0).envelopes
+    probe_every = max(50, int(rate / 20))
+    log = run.workdir / "worker.log"
+    _, events_before, cells_before = _reports(log)[-1]
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
     done = threading.Event()
@@ -149,9 +176,9 @@ def freshness(run: SpeedRun, rate: float, seconds: float, start: datetime) -> li
     began = time.monotonic()
     probe_due = True
     for n, envelope in enumerate(load):
-        probe_due = probe_due or n % 50 == 0
+        probe_due = probe_due or n % probe_every == 0
         if probe_due and envelope.kind is EventKind.STATUS:
-            tag = f"freshprobe{n}"
+            tag = f"freshprobe{seed}x{n}"
             envelope = _probe(envelope, tag)
             producer.send(run.topic.name, key=envelope.kafka_key(), value=envelope.to_bytes())
             producer.flush()
@@ -163,13 +190,22 @@ def freshness(run: SpeedRun, rate: float, seconds: float, start: datetime) -> li
         if pause > 0:
             time.sleep(pause)
     producer.flush()
+    produced_rate = len(load) / (time.monotonic() - began)
     producer.close()
     done_at[0] = time.monotonic()
     done.set()
     poller.join(timeout=60)
-    return sorted(seen[tag] - sent[tag] for tag in sent if tag in seen) + [
-        float("inf") for tag in sent if tag not in seen
-    ]
+    latencies = sorted(seen[tag] - sent[tag] for tag in sent if tag in seen)
+    latencies += [float("inf") for tag in sent if tag not in seen]
+    # Every event counted, and the flush after it done.
+    deadline = time.monotonic() + 60
+    while _reports(log)[-1][1] < events_before + len(load) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    time.sleep(run.flush_interval_s + 1.5)
+    _, events_after, cells_after = _reports(log)[-1]
+    return PacedFigures(
+        produced_rate, latencies, events_after - events_before, cells_after - cells_before
+    )
 
 
 def _probe(envelope: Envelope, tag: str) -> Envelope:
@@ -209,7 +245,9 @@ def run_speed_bench(
     out: Callable[[str], None],
     rate: float = 1000.0,
     seconds: float = 30.0,
-    flush_interval_s: float = 1.0,
+    flush_interval_s: float = 2.0,
+    paced_rate: float = 5000.0,
+    paced_seconds: float = 12.0,
 ) -> int:
     with tempfile.TemporaryDirectory(prefix="fedilake-speed-bench-") as tmp:
         run = SpeedRun(Path(tmp), flush_interval_s=flush_interval_s, report_interval_s=0.5)
@@ -219,31 +257,34 @@ def run_speed_bench(
             history = speed_history(events, start=start, hours=4)
             expected, gauges = expected_counters(history.envelopes)
             out(f"history: {len(history.envelopes)} events {dict(sorted(history.kinds.items()))}")
+            out(
+                f"worker: flushes at most {flush_interval_s:g} s apart, sooner within a budget "
+                f"of {ProcessorSettings().write_budget_cells_per_s:,.0f} HBase cells/s"
+            )
             run.produce(history.envelopes)
             bare = bare_consume_rate(run, len(history.envelopes))
             out(f"{bare.name:46} {bare.rate:10,.0f} events/s")
             figures = worker_throughput(run, len(history.envelopes))
             out(
-                f"{f'Faust worker -> HBase (flush every {flush_interval_s:g} s)':46} "
-                f"{figures.events_per_s:10,.0f} "
+                f"{'Faust worker -> HBase (a backlog)':46} {figures.events_per_s:10,.0f} "
                 f"events/s  ({figures.events_per_s / bare.rate:.2f} x bare)"
             )
             verdict = run.wait_exact(expected, gauges, timeout_s=120)
             out(f"counters: {verdict.summary()}")
             out(
-                f"HBase cells written per event: {figures.cells / figures.events:.2f} "
+                f"HBase cells written per event (the backlog): "
+                f"{figures.cells / figures.events:.2f} "
                 f"({figures.cells:,} cells for {figures.events:,} events)"
             )
             out(f"worker RSS (peak): {figures.rss_mb:.0f} MB")
-            latencies = freshness(run, rate, seconds, start + timedelta(hours=4))
-            finite = [x for x in latencies if x != float("inf")]
-            p50 = latencies[len(latencies) // 2]
-            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-            out(
-                f"freshness at {rate:,.0f} events/s ({len(latencies)} probes): p50 {p50:.2f} s, "
-                f"p99 {p99:.2f} s, max {max(finite, default=0.0):.2f} s"
-            )
-            out(f"worker RSS after the freshness run: {rss_mb(run.workers['worker'].pid):.0f} MB")
+            later = start + timedelta(hours=4)
+            for n, (at_rate, for_s) in enumerate(((paced_rate, paced_seconds), (rate, seconds))):
+                paced = paced_load(run, at_rate, for_s, later + timedelta(hours=n), seed=99 + n)
+                out(
+                    f"at {at_rate:,.0f} events/s (produced {paced.rate:,.0f}/s for {for_s:g} s), "
+                    f"freshness over {paced.summary()}"
+                )
+            out(f"worker RSS after the paced runs: {rss_mb(run.workers['worker'].pid):.0f} MB")
             inc = increments_rate(run, history, min(3000, len(history.envelopes)))
             out(
                 f"{inc.name:46} {inc.rate:10,.0f} events/s  "

@@ -80,7 +80,7 @@ class SpeedRun:
     workdir: Path
     run_id: str = field(default_factory=lambda: f"speed{int(time.time() * 1000) % 10**10}")
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    flush_interval_s: float = 1.0
+    flush_interval_s: float = 2.0
     report_interval_s: float = 30.0
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 

@@ -3,8 +3,9 @@
 One agent reads `fedilake.events` in batches. For each status, edit, delete or refresh
 it updates the status's `StatusRecord` (a `RecordTable`: RocksDB backed by a changelog
 topic) and applies the record's change to the partition's `LiveCounters`. A timer
-writes the changed counters to HBase every `flush_interval_s`: one cell per changed
-counter, whatever the number of events that changed it.
+writes the changed counters to HBase when the `FlushPolicy` says (at most
+`flush_interval_s` after the last flush, sooner when the write budget allows): one cell
+per changed counter, whatever the number of events that changed it.
 
 Exactness: a batch's record changes are in the changelog (acks=all) before its events
 are acknowledged to Faust, so a committed offset never runs ahead of the records;
@@ -31,7 +32,7 @@ from fedilake.contracts import Envelope, EnvelopeError, EventKind, RowKeys, Topi
 from fedilake.settings import HBaseSettings, KafkaSettings, ProcessorSettings
 from sinks.hbase import MetricStore, connect
 
-from .live import Flush, LiveCounters
+from .live import Flush, FlushPolicy, LiveCounters
 from .records import RecordTable, ensure_changelog
 from .statuses import StatusRecord, apply
 
@@ -73,6 +74,12 @@ class CounterWorker:
             settings.data_dir / settings.app_id, changelog_topic(settings), kafka
         )
         self.live = LiveCounters(settings.allowed_lateness_s)
+        self.policy = FlushPolicy(
+            min(settings.flush_min_interval_s, settings.flush_interval_s),
+            settings.flush_interval_s,
+            settings.write_budget_cells_per_s,
+        )
+        self._last_flush = time.monotonic()
         self.stats = WorkerStats()
         self._flush_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
@@ -176,8 +183,13 @@ class CounterWorker:
         store = self._metric_store()
         return sum(store.write_live(p, f.counts, f.accounts) for p, f in flushes.items())
 
+    async def flush_if_due(self) -> None:
+        if self.policy.due(time.monotonic() - self._last_flush, self.live.pending_cells):
+            await self.flush()
+
     async def flush(self) -> None:
         async with self._flush_lock:
+            self._last_flush = time.monotonic()
             flushes = {p: self.live.take(p) for p in list(self.live.partitions)}
             flushes = {p: f for p, f in flushes.items() if len(f)}
             if not flushes:
@@ -269,13 +281,13 @@ def build_app(settings: ProcessorSettings, kafka: KafkaSettings, hbase: HBaseSet
         worker.report()
         await worker.records.stop()
 
-    @app.timer(interval=settings.flush_interval_s)
+    @app.timer(interval=worker.policy.tick_s)
     async def flush_to_hbase() -> None:
         # Partitions without new events are opened here, so a restart rewrites them too;
         # never mid-rebalance, when the assignment is about to change.
         if not app.rebalancing:
             await worker.open_partitions(worker.active_partitions())
-        await worker.flush()
+        await worker.flush_if_due()
 
     @app.timer(interval=settings.report_interval_s)
     async def report() -> None:

@@ -252,7 +252,45 @@ class LiveCounters:
         return dropped
 
     def pending(self) -> int:
+        """Changed counters not written yet."""
         return sum(len(v.dirty) + len(v.dirty_accounts) for v in self.partitions.values())
+
+    def pending_cells(self) -> int:
+        """The cells the next flush would write (the counters of an account share one)."""
+        cells = 0
+        for view in self.partitions.values():
+            accounts = {("all", handle) for handle in view.dirty_accounts}
+            content = 0
+            for row in view.dirty:
+                if row.metric.is_about_account:
+                    accounts.add((row.bucket, row.dimension))
+                else:
+                    content += 1
+            cells += content + len(accounts)
+        return cells
 
     def late_changes(self) -> int:
         return sum(v.late_changes for v in self.partitions.values())
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """When to write: as soon as a flush keeps within the HBase write budget, never before
+    `min_interval_s` and never after `max_interval_s` since the last one.
+
+    Under light traffic counters reach HBase about every `min_interval_s`; under heavy
+    traffic changes gather for up to `max_interval_s`, so each cell written carries many
+    events and HBase's write load stays near the budget whatever the event rate.
+    """
+
+    min_interval_s: float
+    max_interval_s: float
+    budget_cells_per_s: float  # 0: flush every max_interval_s
+    tick_s: float = 0.25  # how often the worker asks
+
+    def due(self, elapsed_s: float, pending_cells: Callable[[], int]) -> bool:
+        if elapsed_s + self.tick_s / 2 >= self.max_interval_s:
+            return True  # a flush with nothing to write costs nothing
+        if elapsed_s < self.min_interval_s or not self.budget_cells_per_s:
+            return False
+        return pending_cells() <= self.budget_cells_per_s * elapsed_s

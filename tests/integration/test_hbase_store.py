@@ -203,7 +203,8 @@ def test_an_account_is_one_cell_per_partition_and_bucket(stack: LocalStack) -> N
         assert read(Metric.ACCOUNTS_CREATED, Granularity.MONTH, "202402") == {handle: (1, None)}
         assert read(Metric.ACCOUNTS_CREATED, Granularity.MONTH, "202403") == {}
         assert read(Metric.POSTS, Granularity.DAY, day) == {handle: (1, 4)}
-        assert read(Metric.REPLIES, Granularity.DAY, day) == {handle: (1, 0)}  # batch rows are whole
+        # A batch row is written whole: the replies it was not given are 0.
+        assert read(Metric.REPLIES, Granularity.DAY, day) == {handle: (1, 0)}
         assert read(Metric.FAVOURITES, Granularity.DAY, day) == {}
     finally:
         connection.close()

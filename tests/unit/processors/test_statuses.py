@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fedilake.contracts import AccountRow, Envelope, EventKind, Granularity, Metric, MetricRow
-from processors.live import Flush, LiveCounters
+from processors.live import Flush, FlushPolicy, LiveCounters
 from processors.statuses import StatusRecord, apply, delta
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -175,7 +175,10 @@ def test_live_counters_survive_duplicates_replays_and_rebuilds() -> None:
             records[event.uri] = new
             live.apply(0, old, new)
         if i % 17 == 0:
-            written.update(_counts(live.take(0)))
+            cells = live.pending_cells()
+            flush = live.take(0)
+            assert len(flush) == cells
+            written.update(_counts(flush))
     written.update(_counts(live.take(0)))
     assert {row: v for row, v in written.items() if v} == expected
 
@@ -278,3 +281,12 @@ def test_an_anchor_with_an_empty_class_is_an_external_link() -> None:
     assert external_urls({"content": '<a class="" href="https://x.example/a">x</a>'}) == {
         "https://x.example/a"
     }
+
+
+def test_the_flush_policy_goes_early_within_its_budget_and_late_beyond_it() -> None:
+    policy = FlushPolicy(min_interval_s=0.5, max_interval_s=2.0, budget_cells_per_s=4000)
+    assert not policy.due(0.25, lambda: 1)  # too soon, however little there is
+    assert policy.due(0.5, lambda: 1500)  # light traffic: 3,000 cells/s
+    assert not policy.due(1.0, lambda: 9000)  # heavy traffic: gather more events per cell
+    assert policy.due(1.9, lambda: 10**9)  # but never past the longest wait (half a tick)
+    assert not FlushPolicy(0.5, 2.0, budget_cells_per_s=0).due(1.5, lambda: 1)
