@@ -16,10 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient
 
 from fedilake.contracts import (
-    MAX_MESSAGE_BYTES,
     Envelope,
     Metric,
     MetricRow,
@@ -31,6 +30,7 @@ from fedilake.kafka_topics import ensure_topics
 from fedilake.pipeline import spawn_cli
 from fedilake.settings import HBaseSettings, KafkaSettings
 from sinks.hbase import MetricStore, connect, init_tables
+from streamer.delivery import make_producer
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +106,7 @@ class SpeedRun:
 
     def produce(self, envelopes: Iterable[Envelope]) -> int:
         """Publish as the streamer does: keyed by status, idempotent, acks=all."""
-        producer = KafkaProducer(
-            bootstrap_servers=self.kafka.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=20,
-            batch_size=256 * 1024,
-            compression_type="gzip",
-            max_request_size=MAX_MESSAGE_BYTES,
-        )
+        producer = make_producer(self.kafka)
         sent = 0
         try:
             for envelope in envelopes:

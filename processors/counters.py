@@ -184,7 +184,8 @@ class CounterWorker:
         return sum(store.write_live(p, f.counts, f.accounts) for p, f in flushes.items())
 
     async def flush_if_due(self) -> None:
-        if self.policy.due(time.monotonic() - self._last_flush, self.live.pending_cells):
+        elapsed = time.monotonic() - self._last_flush
+        if self.policy.due(elapsed, self.live.pending(), self.live.pending_cells):
             await self.flush()
 
     async def flush(self) -> None:
@@ -250,6 +251,7 @@ def build_app(settings: ProcessorSettings, kafka: KafkaSettings, hbase: HBaseSet
         producer_acks=-1,
         key_serializer="raw",
         value_serializer="raw",
+        consumer_max_fetch_size=settings.fetch_bytes_per_partition,
     )
     events = app.topic(settings.source_topic, key_type=bytes, value_type=bytes)
     worker = CounterWorker(app, settings, kafka, hbase)

@@ -288,9 +288,11 @@ class FlushPolicy:
     budget_cells_per_s: float  # 0: flush every max_interval_s
     tick_s: float = 0.25  # how often the worker asks
 
-    def due(self, elapsed_s: float, pending_cells: Callable[[], int]) -> bool:
+    def due(self, elapsed_s: float, pending_rows: int, pending_cells: Callable[[], int]) -> bool:
+        """`pending_rows` bounds `pending_cells` from above, and costs nothing to count."""
         if elapsed_s + self.tick_s / 2 >= self.max_interval_s:
             return True  # a flush with nothing to write costs nothing
         if elapsed_s < self.min_interval_s or not self.budget_cells_per_s:
             return False
-        return pending_cells() <= self.budget_cells_per_s * elapsed_s
+        allowed = self.budget_cells_per_s * elapsed_s
+        return pending_rows <= allowed or pending_cells() <= allowed

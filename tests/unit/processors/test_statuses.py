@@ -285,8 +285,9 @@ def test_an_anchor_with_an_empty_class_is_an_external_link() -> None:
 
 def test_the_flush_policy_goes_early_within_its_budget_and_late_beyond_it() -> None:
     policy = FlushPolicy(min_interval_s=0.5, max_interval_s=2.0, budget_cells_per_s=4000)
-    assert not policy.due(0.25, lambda: 1)  # too soon, however little there is
-    assert policy.due(0.5, lambda: 1500)  # light traffic: 3,000 cells/s
-    assert not policy.due(1.0, lambda: 9000)  # heavy traffic: gather more events per cell
-    assert policy.due(1.9, lambda: 10**9)  # but never past the longest wait (half a tick)
-    assert not FlushPolicy(0.5, 2.0, budget_cells_per_s=0).due(1.5, lambda: 1)
+    assert not policy.due(0.25, 1, lambda: 1)  # too soon, however little there is
+    assert policy.due(0.5, 1500, lambda: 1500)  # light traffic: 3,000 cells/s
+    assert policy.due(0.5, 4000, lambda: 1500)  # the counters of an account share a cell
+    assert not policy.due(1.0, 9000, lambda: 9000)  # heavy traffic: more events per cell
+    assert policy.due(1.9, 10**9, lambda: 10**9)  # never past the longest wait (half a tick)
+    assert not FlushPolicy(0.5, 2.0, budget_cells_per_s=0).due(1.5, 1, lambda: 1)
