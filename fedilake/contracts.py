@@ -274,7 +274,8 @@ def _families(**options: Any) -> dict[str, dict[str, Any]]:
 class Tables:
     """HBase tables, created idempotently by `fedilake hbase init`.
 
-    One row per (metric, bucket, dimension), keyed as `MetricRow.key()` says. Hourly
+    One row per (metric, bucket, dimension), keyed as `MetricRow.key()` says, except the
+    metrics about an account: one row per (account, bucket), `AccountRow.key()`. Hourly
     rows live in a table of their own so that a TTL can expire them; day, month and
     all-time rows are kept.
     """
@@ -392,11 +393,12 @@ _WINDOWS: dict[Metric, tuple[Granularity, ...]] = {
 
 
 class AccountRow(NamedTuple):
-    """The stored row of one account in one bucket: every metric about the account in one cell.
+    """The stored row of one account in one bucket: every metric about the account in one
+    cell per partition.
 
-    An account that posts once touches its posts, favourites, boosts and replies counters,
-    its follower count and its creation month: six rows and cells written the obvious way,
-    one here. Every account of a day is one prefix scan (`account\\0d20261123\\0`); the
+    A refresh of an account's status changes its favourites, boosts and replies received
+    in the day and all time, and its follower count: seven rows and cells written the
+    obvious way, two here. Every account of a day is one prefix scan (`account\\0d20261123\\0`); the
     all-time row also holds the follower gauge and the creation month.
     """
 

@@ -17,6 +17,7 @@ from fedilake.contracts import (
     Granularity,
     Metric,
     MetricRow,
+    RowKeys,
     Topics,
     batch_output_dir,
     raw_day_dir,
@@ -110,7 +111,7 @@ class HashtagRecount:
         values = parse_hashtag_output(lines)
         connection = connect(self.hbase)
         try:
-            MetricStore(connection).write_batch(values)
+            MetricStore(connection, RowKeys(self.hbase.salt_buckets)).write_batch(values)
         finally:
             connection.close()
         result = BatchResult(day, len(inputs), len(values), time.monotonic() - started)

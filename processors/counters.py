@@ -5,7 +5,8 @@ it updates the status's `StatusRecord` (a `RecordTable`: RocksDB backed by a cha
 topic) and applies the record's change to the partition's `LiveCounters`. A timer
 writes the changed counters to HBase when the `FlushPolicy` says (at most
 `flush_interval_s` after the last flush, sooner when the write budget allows): one cell
-per changed counter, whatever the number of events that changed it.
+per changed counter (per changed account and bucket for the account metrics), whatever
+the number of events that changed it.
 
 Exactness: a batch's record changes are in the changelog (acks=all) before its events
 are acknowledged to Faust, so a committed offset never runs ahead of the records;

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fedilake.contracts import (
     AccountCell,
@@ -138,13 +138,21 @@ class LiveCounters:
         view.dirty.add(row)
 
     def _see_account(self, view: PartitionCounters, snapshot: AccountSnapshot) -> None:
-        """Keep the latest snapshot of each account, and write it."""
+        """Keep the latest snapshot of each account, and write it.
+
+        The creation month is kept from whichever snapshot had one: a profile seen without
+        a readable creation date, before or after, must not erase it.
+        """
         known = view.accounts.get(snapshot.handle)
-        if known is not None and (known.observed_ms, known.followers) >= (
-            snapshot.observed_ms,
-            snapshot.followers,
-        ):
-            return
+        if known is not None:
+            month = known.created_month or snapshot.created_month
+            if (known.observed_ms, known.followers) >= (snapshot.observed_ms, snapshot.followers):
+                if month != known.created_month:
+                    view.accounts[snapshot.handle] = replace(known, created_month=month)
+                    view.dirty_accounts.add(snapshot.handle)
+                return
+            if not snapshot.created_month and month:
+                snapshot = replace(snapshot, created_month=month)
         view.accounts[snapshot.handle] = snapshot
         # Rewritten even when the count is unchanged: readers take the newest observation
         # across partitions, so an old one here could lose to another partition's.

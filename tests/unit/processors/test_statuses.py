@@ -291,3 +291,18 @@ def test_the_flush_policy_goes_early_within_its_budget_and_late_beyond_it() -> N
     assert not policy.due(1.0, 9000, lambda: 9000)  # heavy traffic: more events per cell
     assert policy.due(1.9, 10**9, lambda: 10**9)  # never past the longest wait (half a tick)
     assert not FlushPolicy(0.5, 2.0, budget_cells_per_s=0).due(1.5, 1, lambda: 1)
+
+
+def test_a_snapshot_without_a_creation_date_keeps_the_month_another_one_gave() -> None:
+    from processors.metrics import AccountSnapshot
+
+    dated = AccountSnapshot("alice@a.example", 10, 1_000, "202402")
+    undated = AccountSnapshot("alice@a.example", 12, 2_000, None)
+    everything = AccountRow(Granularity.ALL, "all", "alice@a.example")
+    for order in ((dated, undated), (undated, dated)):
+        live = LiveCounters(allowed_lateness_s=3600)
+        live.rebuild(0, [])
+        for snapshot in order:
+            live._see_account(live.partitions[0], snapshot)
+        cell = live.take(0).accounts[everything]
+        assert (cell.followers, cell.created_month) == (12, "202402")
