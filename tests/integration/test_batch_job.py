@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_recount_from_the_lake_writes_the_batch_values(stack: LocalStack) -> None:
+    # 1997-2005: no other test writes live counters there (test_hbase_store keeps to 1985-1988).
     day = date(1997, 1, 1) + timedelta(days=random.randrange(3000))
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     generator = StatusGenerator(

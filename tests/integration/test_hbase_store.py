@@ -40,7 +40,7 @@ def test_tables_are_created_once_with_their_families(stack: LocalStack) -> None:
 
 
 def test_live_values_are_absolute_per_partition_and_summed_on_read(stack: LocalStack) -> None:
-    bucket = "19990101" + f"{uuid.uuid4().int % 24:02d}"
+    bucket = "19850101" + f"{uuid.uuid4().int % 24:02d}"
     tag = f"t{uuid.uuid4().hex[:8]}"
     row = MetricRow(Metric.HASHTAG, Granularity.HOUR, bucket, tag)
     connection = connect(HBaseSettings())
@@ -59,7 +59,7 @@ def test_live_values_are_absolute_per_partition_and_summed_on_read(stack: LocalS
 
 
 def test_top_reads_one_hour_by_prefix_scan_only(stack: LocalStack) -> None:
-    day = "1998" + f"{uuid.uuid4().int % 12 + 1:02d}" + "01"
+    day = "1986" + f"{uuid.uuid4().int % 12 + 1:02d}" + "01"
     hour, next_hour = f"{day}10", f"{day}11"
     connection = connect(HBaseSettings())
     try:
@@ -115,7 +115,7 @@ def test_hbase_init_command_is_idempotent(stack: LocalStack) -> None:
 
 
 def test_salted_keys_spread_a_bucket_and_read_back_whole(stack: LocalStack) -> None:
-    bucket = "19970101" + f"{uuid.uuid4().int % 24:02d}"
+    bucket = "19870101" + f"{uuid.uuid4().int % 24:02d}"
     keys = RowKeys(salt_buckets=8)
     rows = {
         MetricRow(Metric.HASHTAG, Granularity.HOUR, bucket, f"s{n:02d}"): n + 1 for n in range(40)
@@ -158,7 +158,7 @@ def test_a_zero_count_removes_the_cell(stack: LocalStack) -> None:
 
 def test_an_account_is_one_cell_per_partition_and_bucket(stack: LocalStack) -> None:
     handle = f"a{uuid.uuid4().hex[:8]}@example.social"
-    day = "19990102"
+    day = "19880102"
     all_time, one_day = (
         AccountRow(Granularity.ALL, "all", handle),
         AccountRow(Granularity.DAY, day, handle),
