@@ -32,6 +32,7 @@ from fedilake.settings import (
 from fedilake.stack.control import LocalStack
 from sinks.hbase import MetricStore, connect
 from sinks.lake import LakeWriter
+from streamer.delivery import make_producer
 from streamer.envelopes import wrap_event
 from streamer.generator import StatusGenerator
 
@@ -84,8 +85,6 @@ def baseline_bytes(events: int, day: date, seed: int, spread_s: float = 86000) -
 
 def bare_producer_rate(kafka: KafkaSettings, payloads: list[bytes]) -> StageResult:
     """kafka-python with the streamer's producer settings, sending the same bytes, nothing else."""
-    from streamer.delivery import make_producer
-
     ensure_topics(kafka, [BASELINE_TOPIC])
     producer: KafkaProducer = make_producer(kafka)
     started = time.perf_counter()
@@ -260,7 +259,7 @@ def run_lake_bench(events: int, out: Callable[[str], None], hours: int = 1) -> i
 
     topic = f"fedilake.bench-lake-{run}"
     ensure_topics(kafka, [TopicSpec(topic, partitions=Topics.EVENTS.partitions)])
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=20)
+    producer = make_producer(kafka)  # as the streamer publishes: gzip, acks=all
     for n, payload in enumerate(payloads):
         producer.send(topic, key=str(n).encode(), value=payload)
     producer.flush()

@@ -97,6 +97,12 @@ def hdfs_site(s: StackSettings, name_dir: Path, data_dir: Path) -> str:
             "dfs.namenode.safemode.extension": 0,
             "dfs.namenode.safemode.min.datanodes": 0,
             "dfs.heartbeat.interval": 1,
+            # Closing a file waits for the NameNode to hear of its last block from the
+            # DataNode, which it usually has a few ms later; the first retry waits 400 ms by
+            # default, so every small WebHDFS write (a lake part file, a manifest) took
+            # 410 ms here. Retry after 20 ms instead, doubling, ten times (20 s in all).
+            "dfs.client.block.write.locateFollowingBlock.initial.delay.ms": 20,
+            "dfs.client.block.write.locateFollowingBlock.retries": 10,
             "dfs.namenode.heartbeat.recheck-interval": 10000,
         }
     )
