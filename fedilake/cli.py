@@ -360,15 +360,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_scenario(args: argparse.Namespace) -> int:
     import tempfile
 
+    workdir = Path(tempfile.mkdtemp(prefix="fedilake-scenario-"))
+    if args.target == "lake":
+        from fedilake.lake_scenario import LakeScenario, run_lake_scenario
+
+        lake = LakeScenario(events=args.events, kills=10 if args.kills is None else args.kills)
+        judged = run_lake_scenario(lake, workdir, out)
+        out(judged.summary())
+        out(f"logs in {workdir}")
+        out("EXACT: every event once, in its hour" if judged.exact else "NOT EXACT")
+        return 0 if judged.exact else 1
+
     from fedilake.scenarios import StreamerScenario, run_streamer_scenario
 
     scenario = StreamerScenario(
         events=args.events,
         rate=args.rate,
         kafka_outage_s=args.kafka_outage,
-        kills=args.kills,
+        kills=2 if args.kills is None else args.kills,
     )
-    workdir = Path(tempfile.mkdtemp(prefix="fedilake-scenario-"))
     verdict = run_streamer_scenario(scenario, workdir, out)
     out(f"logs in {workdir}")
     out("EXACT: every event once, in order" if verdict.exact else "NOT EXACT")
@@ -512,11 +522,19 @@ def build_parser() -> argparse.ArgumentParser:
         "scenario",
         help="run a fault scenario on the local stack and judge it against the ground truth",
     )
-    p.add_argument("target", choices=["streamer"])
+    p.add_argument("target", choices=["streamer", "lake"])
     p.add_argument("--events", type=int, default=100_000)
-    p.add_argument("--rate", type=float, default=1000.0, help="simulated events per second")
-    p.add_argument("--kafka-outage", type=float, default=60.0, help="seconds Kafka is stopped")
-    p.add_argument("--kills", type=int, default=2, help="kill -9 of the streamer, spread out")
+    p.add_argument(
+        "--rate", type=float, default=1000.0, help="streamer: simulated events per second"
+    )
+    p.add_argument(
+        "--kafka-outage", type=float, default=60.0, help="streamer: seconds Kafka is stopped"
+    )
+    p.add_argument(
+        "--kills",
+        type=int,
+        help="kill -9 of the streamer (default 2) or of the sink (default 10), spread out",
+    )
     p.set_defaults(func=cmd_scenario)
 
     p = sub.add_parser("query", help="read the metrics from HBase")
