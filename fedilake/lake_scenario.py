@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from hdfs import InsecureClient
+from kafka import KafkaAdminClient
 
 from fedilake.contracts import (
     SUCCESS_MARKER,
@@ -29,14 +30,14 @@ from fedilake.contracts import (
     EventKind,
     PartFile,
     Topics,
+    raw_day_dir,
     raw_hour_dir,
 )
-from fedilake.kafka_topics import ensure_topics
+from fedilake.kafka_topics import end_offsets, ensure_topics
 from fedilake.pipeline import spawn_cli
 from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings, StackSettings
 from fedilake.stack.control import LocalStack
 from sinks.compactor import build_compactor
-from sinks.lake import LakeWriter
 from streamer.delivery import make_producer
 
 
@@ -62,6 +63,7 @@ class LakeVerdict:
     lost: int = 0  # statuses in no file before compaction
     doubled: int = 0  # statuses in more than one file, or twice in one
     misplaced: int = 0  # statuses outside their event-time hour
+    foreign: int = 0  # statuses in the day that the run did not send
     missing_after: int = 0  # live statuses gone after compaction
     deleted_kept: int = 0  # deleted statuses still there after compaction
     hours_unsealed: list[str] = field(default_factory=list)  # without _SUCCESS
@@ -77,6 +79,7 @@ class LakeVerdict:
                 self.lost
                 or self.doubled
                 or self.misplaced
+                or self.foreign
                 or self.missing_after
                 or self.deleted_kept
                 or self.hours_unsealed
@@ -88,7 +91,8 @@ class LakeVerdict:
     def summary(self) -> str:
         return (
             f"{self.events} events, {self.kills} kill -9 of the sink: {self.lost} lost, "
-            f"{self.doubled} doubled, {self.misplaced} outside their hour; after compaction "
+            f"{self.doubled} doubled, {self.misplaced} outside their hour, {self.foreign} not "
+            f"sent by this run; after compaction "
             f"{self.missing_after} missing, {self.deleted_kept} deleted ones kept, "
             f"{len(self.hours_unsealed)} hours without {SUCCESS_MARKER}, "
             f"{len(self.hours_split)} hours with a partition in several files; "
@@ -97,9 +101,31 @@ class LakeVerdict:
         )
 
 
-def scenario_day() -> date:
-    """A day of its own for each run: 2010-2019, drawn at random."""
-    return date(2010, 1, 1) + timedelta(days=uuid.uuid4().int % 3650)
+def scenario_day(client: InsecureClient, root: str) -> date:
+    """A day of 2010-2019 that the lake has nothing of yet, drawn at random."""
+    for _ in range(100):
+        day = date(2010, 1, 1) + timedelta(days=uuid.uuid4().int % 3650)
+        if client.status(raw_day_dir(Topics.EVENTS.name, day, root), strict=False) is None:
+            return day
+    raise RuntimeError("no free day of 2010-2019 left in the lake: remove old scenario days")
+
+
+def wait_committed(kafka: KafkaSettings, group: str, topic: str, timeout_s: float) -> bool:
+    """Wait until the sink's group has committed every partition up to its end offset (the
+    sink commits after each durable flush); False if it has not within `timeout_s`."""
+    ends = end_offsets(kafka, topic)
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            offsets = admin.list_group_offsets(group).get(group, {})
+            done = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+            if all(done.get(partition, 0) >= end for partition, end in ends.items()):
+                return True
+            time.sleep(1.0)
+    finally:
+        admin.close()
+    return False
 
 
 def status(day: date, n: int, events: int, hours: int) -> Envelope:
@@ -172,16 +198,20 @@ def run_lake_scenario(
     kafka, hdfs = KafkaSettings(), HdfsSettings()
     ensure_topics(kafka)
     client = InsecureClient(hdfs.webhdfs_url, user=hdfs.user)
-    day = scenario_day()
+    day = scenario_day(client, hdfs.lake_root)
     statuses = [status(day, n, scenario.events, scenario.hours) for n in range(scenario.events)]
     order = statuses[scenario.late :] + statuses[: scenario.late]
     deleted = statuses[len(statuses) // 6 :][: scenario.deleted]
     kill_every = max(1, scenario.events // (scenario.kills + 1))
+    datanode = (
+        f", the DataNode down and up with kill {scenario.datanode_restart_after_kill}"
+        if scenario.kills >= scenario.datanode_restart_after_kill
+        else ""
+    )
     out(
         f"scenario: {scenario.events} statuses over {scenario.hours} hours of {day}, "
         f"{scenario.late} late, {len(deleted)} deleted; kill -9 of the sink every "
-        f"{kill_every} events ({scenario.kills} in all), the DataNode down and up with kill "
-        f"{scenario.datanode_restart_after_kill}"
+        f"{kill_every} events ({scenario.kills} in all){datanode}"
     )
     env = {
         "FEDILAKE_SINK_FLUSH_EVENTS": str(scenario.flush_events),
@@ -208,9 +238,11 @@ def run_lake_scenario(
                 kills += 1
                 if kills == scenario.datanode_restart_after_kill:
                     stack.kill("datanode")
-                    sink = start_sink()  # it must ride out HDFS being away
-                    time.sleep(3)
-                    stack.up(["datanode"])
+                    try:
+                        sink = start_sink()  # it must ride out HDFS being away
+                        time.sleep(3)
+                    finally:
+                        stack.up(["datanode"])
                 else:
                     sink = start_sink()
                 out(f"  {n} events sent, kill -9 number {kills} done")
@@ -218,23 +250,29 @@ def run_lake_scenario(
             gone = delete(original)
             producer.send(Topics.EVENTS.name, key=gone.kafka_key(), value=gone.to_bytes())
         producer.flush()
-        lake = LakeWriter(client, hdfs.lake_root)
-        deadline = time.monotonic() + 300 + scenario.events / 500
-        landed = 0
-        while landed < scenario.events and time.monotonic() < deadline:
-            time.sleep(max(2.0, scenario.events / 20_000))
-            landed = lake.count_events(Topics.EVENTS.name, day)
-        time.sleep(3)  # the deletes land in today's hour, after the statuses
-        out(f"  {landed} statuses landed in {time.monotonic() - started:.0f}s")
+        group = HdfsSinkSettings().group_id
+        timeout_s = 300 + scenario.events / 500
+        landed = wait_committed(kafka, group, Topics.EVENTS.name, timeout_s)
+        out(
+            f"  every event and delete landed in {time.monotonic() - started:.0f}s"
+            if landed
+            else f"  the sink had not committed everything after {timeout_s:.0f}s; judging now"
+        )
     finally:
         sink.terminate()
-        sink.wait(30)
+        try:
+            sink.wait(30)
+        except subprocess.TimeoutExpired:
+            sink.kill()
+            sink.wait()
         producer.close()
 
     verdict = LakeVerdict(scenario.events, kills)
     before, verdict.misplaced, files_before = read_day(client, day, scenario.hours)
     verdict.lost = sum(1 for s in statuses if before[s.uri or ""] == 0)
     verdict.doubled = sum(copies - 1 for copies in before.values() if copies > 1)
+    sent = {s.uri for s in statuses}
+    verdict.foreign = len(set(before) - sent)
     verdict.files_before = sum(len(names) for names in files_before.values())
 
     compactor = build_compactor(HdfsSinkSettings(compact_target_bytes=64 * 1024 * 1024), hdfs)
@@ -244,6 +282,7 @@ def run_lake_scenario(
 
     after, misplaced_after, files_after = read_day(client, day, scenario.hours)
     verdict.misplaced += misplaced_after
+    verdict.foreign += len(set(after) - sent)
     deleted_uris = {s.uri for s in deleted}
     verdict.missing_after = sum(
         1 for s in statuses if s.uri not in deleted_uris and not after[s.uri or ""]

@@ -311,17 +311,25 @@ class LocalStack:
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> list[ServiceStatus]:
+    def status(self, attempts: int = 3) -> list[ServiceStatus]:
+        """Each service's pid and health. A running service's probe is asked up to
+        `attempts` times, a second apart, before it is called unhealthy: under load the
+        HBase master's JMX servlet has answered without its beans for a moment."""
         result = []
         for spec in self.services:
             pid = running_pid(self.paths, spec.name)
             if pid is None:
                 result.append(ServiceStatus(spec.name, None, spec.ports, False, "not running"))
                 continue
-            try:
-                result.append(ServiceStatus(spec.name, pid, spec.ports, True, spec.health()))
-            except Unhealthy as exc:
-                result.append(ServiceStatus(spec.name, pid, spec.ports, False, str(exc)))
+            for attempt in range(1, attempts + 1):
+                try:
+                    result.append(ServiceStatus(spec.name, pid, spec.ports, True, spec.health()))
+                    break
+                except Unhealthy as exc:
+                    if attempt == attempts:
+                        result.append(ServiceStatus(spec.name, pid, spec.ports, False, str(exc)))
+                    else:
+                        time.sleep(1.0)
         return result
 
     def log_path(self, name: str) -> Path:
