@@ -288,16 +288,18 @@ def cmd_lake(args: argparse.Namespace) -> int:
         if args.days is None:
             raise ValueError("`fedilake lake retain` needs --days N")
         expired = compactor.expired_days(topic, args.days)
+        # Tombstones last: a crash in between leaves tombstones, never statuses without theirs.
+        tombstones = compactor.expired_tombstones(topic, args.days)
         client = InsecureClient(hdfs.webhdfs_url, user=hdfs.user)
-        for path in expired:
+        for path in expired + tombstones:
             if args.apply:
                 client.delete(path, recursive=True)
             out(("deleted " if args.apply else "would delete ") + path)
-        if not args.apply:
-            out(
-                f"dry run: {len(expired)} day partitions older than {args.days} days; "
-                "add --apply to delete them"
-            )
+        summary = (
+            f"{len(expired)} day partitions older than {args.days} days and "
+            f"{len(tombstones)} tombstone files only they needed"
+        )
+        out(f"deleted {summary}" if args.apply else f"dry run: {summary}; add --apply to delete")
     return 0
 
 

@@ -302,6 +302,25 @@ class HourlyCompactor:
             if name.startswith("dt=") and date.fromisoformat(name[3:]) < cutoff
         ]
 
+    def expired_tombstones(self, topic: str, days: int, now: datetime | None = None) -> list[str]:
+        """The tombstone files no longer needed once `expired_days(topic, days)` are gone.
+
+        A delete comes after its status, so a tombstone file last written before the first
+        kept day (one day's margin, for clocks) can only name statuses of removed days.
+        """
+        now = now or datetime.now(UTC)
+        first_kept = (now - timedelta(days=days)).date()
+        before = datetime(first_kept.year, first_kept.month, first_kept.day, tzinfo=UTC)
+        before_ms = (before - timedelta(days=1)).timestamp() * 1000
+        directory = tombstone_dir(topic, self.root)
+        if self.client.status(directory, strict=False) is None:
+            return []
+        return [
+            f"{directory}/{name}"
+            for name, status in sorted(self.client.list(directory, status=True))
+            if PartFile.parse(name) is not None and status["modificationTime"] < before_ms
+        ]
+
 
 def build_compactor(settings: HdfsSinkSettings, hdfs: HdfsSettings) -> HourlyCompactor:
     return HourlyCompactor(
