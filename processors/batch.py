@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from hdfs import HdfsError, InsecureClient
@@ -20,6 +20,7 @@ from fedilake.contracts import (
     RowKeys,
     Topics,
     batch_output_dir,
+    bucket_of,
     raw_day_dir,
     raw_day_glob,
 )
@@ -109,13 +110,24 @@ class HashtagRecount:
                 with self.client.read(f"{output}/{name}", encoding="utf-8") as reader:
                     lines.extend(reader.read().splitlines())
         values = parse_hashtag_output(lines)
+        hours = [
+            bucket_of(datetime(day.year, day.month, day.day, h, tzinfo=UTC), Granularity.HOUR)
+            for h in range(24)
+        ]
         connection = connect(self.hbase)
         try:
-            MetricStore(connection, RowKeys(self.hbase.salt_buckets)).write_batch(values)
+            store = MetricStore(connection, RowKeys(self.hbase.salt_buckets))
+            removed = store.replace_batch(values, Metric.HASHTAG, Granularity.HOUR, hours)
         finally:
             connection.close()
         result = BatchResult(day, len(inputs), len(values), time.monotonic() - started)
-        log.info("batch hashtags for %s: %d rows in %.1fs", day, result.rows, result.seconds)
+        log.info(
+            "batch hashtags for %s: %d rows, %d stale ones removed, in %.1fs",
+            day,
+            result.rows,
+            removed,
+            result.seconds,
+        )
         return result
 
     def _run_streaming_job(self, input_glob: str, output: str, day: date) -> None:

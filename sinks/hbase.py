@@ -139,6 +139,32 @@ class MetricStore:
                 for stored in rows:
                     batch.put(self.keys.encode(stored), {Column.BATCH: cells[stored]})
 
+    def replace_batch(
+        self,
+        values: Mapping[MetricRow, int],
+        metric: Metric,
+        granularity: Granularity,
+        buckets: Iterable[str],
+    ) -> int:
+        """The batch values of whole buckets of a content metric: `values` written, then every
+        other batch value of those buckets removed, so a recount that no longer finds a row
+        (its statuses were deleted) does not leave the old value behind. Returns how many
+        were removed; a crash in between leaves them for the next recount to remove."""
+        if metric.is_about_account:
+            raise ValueError(f"{metric.value} is kept in account rows, written whole")
+        self.write_batch(values)
+        stale = [
+            value.row
+            for bucket in buckets
+            for value in self.scan_bucket(metric, granularity, bucket)
+            if value.batch is not None and value.row not in values
+        ]
+        for name, rows in self._by_table(stale).items():
+            with self._tables[name].batch(batch_size=self.batch_size) as batch:
+                for row in rows:
+                    batch.delete(self.keys.encode(row), columns=[Column.BATCH])
+        return len(stale)
+
     def scan_bucket(
         self, metric: Metric, granularity: Granularity, bucket: str
     ) -> Iterator[MetricValue]:

@@ -14,6 +14,7 @@ from fedilake.contracts import (
     EventKind,
     Granularity,
     Metric,
+    MetricRow,
     Topics,
     bucket_of,
     part_file_name,
@@ -61,6 +62,15 @@ def test_recount_from_the_lake_writes_the_batch_values(stack: LocalStack) -> Non
         for hour, lines in buffer.by_hour.items():
             directory = raw_hour_dir(Topics.EVENTS.name, hour, HdfsSettings().lake_root)
             client.write(f"{directory}/{name}", data=encode_part(lines), overwrite=True)
+
+    # A value an earlier recount left for a hashtag the lake no longer has (its statuses
+    # were deleted) must go.
+    stale = MetricRow(Metric.HASHTAG, Granularity.HOUR, f"{day:%Y%m%d}05", "gonefromthelake")
+    connection = connect(HBaseSettings())
+    try:
+        MetricStore(connection).write_batch({stale: 9})
+    finally:
+        connection.close()
 
     result = HashtagRecount(StackSettings(), HdfsSettings(), HBaseSettings(), BatchSettings()).run(
         day
