@@ -10,7 +10,6 @@ every hour has `_SUCCESS`, and each partition has one file per hour.
 
 from __future__ import annotations
 
-import gzip
 import signal
 import subprocess
 import time
@@ -38,6 +37,7 @@ from fedilake.pipeline import spawn_cli
 from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings, StackSettings
 from fedilake.stack.control import LocalStack
 from sinks.compactor import build_compactor
+from sinks.lake import LakeWriter
 from streamer.delivery import make_producer
 
 
@@ -160,7 +160,7 @@ def delete(original: Envelope) -> Envelope:
 
 
 def read_day(
-    client: InsecureClient, day: date, hours: int
+    lake: LakeWriter, day: date, hours: int
 ) -> tuple[Counter[str], int, dict[str, list[str]]]:
     """uri -> copies in the day's visible part files, copies outside their hour, and
     hour dir -> its part files."""
@@ -171,18 +171,17 @@ def read_day(
         directory = raw_hour_dir(
             Topics.EVENTS.name, datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
         )
-        if client.status(directory, strict=False) is None:
+        if lake.client.status(directory, strict=False) is None:
             continue
-        names = [n for n in client.list(directory) if PartFile.parse(n)]
+        names = [n for n in lake.client.list(directory) if PartFile.parse(n)]
         files[directory] = names
         for name in names:
-            with client.read(f"{directory}/{name}") as reader:
-                for line in gzip.decompress(reader.read()).splitlines():
-                    envelope = Envelope.from_bytes(line)
-                    moment = envelope.created_at
-                    if moment is None or f"dt={moment:%Y-%m-%d}/hr={moment:%H}" not in directory:
-                        misplaced += 1
-                    seen[envelope.uri or ""] += 1
+            for line in lake.read_lines(f"{directory}/{name}"):
+                envelope = Envelope.from_bytes(line)
+                moment = envelope.created_at
+                if moment is None or f"dt={moment:%Y-%m-%d}/hr={moment:%H}" not in directory:
+                    misplaced += 1
+                seen[envelope.uri or ""] += 1
     return seen, misplaced, files
 
 
@@ -198,6 +197,7 @@ def run_lake_scenario(
     kafka, hdfs = KafkaSettings(), HdfsSettings()
     ensure_topics(kafka)
     client = InsecureClient(hdfs.webhdfs_url, user=hdfs.user)
+    lake = LakeWriter(client, hdfs.lake_root)
     day = scenario_day(client, hdfs.lake_root)
     statuses = [status(day, n, scenario.events, scenario.hours) for n in range(scenario.events)]
     order = statuses[scenario.late :] + statuses[: scenario.late]
@@ -268,7 +268,7 @@ def run_lake_scenario(
         producer.close()
 
     verdict = LakeVerdict(scenario.events, kills)
-    before, verdict.misplaced, files_before = read_day(client, day, scenario.hours)
+    before, verdict.misplaced, files_before = read_day(lake, day, scenario.hours)
     verdict.lost = sum(1 for s in statuses if before[s.uri or ""] == 0)
     verdict.doubled = sum(copies - 1 for copies in before.values() if copies > 1)
     sent = {s.uri for s in statuses}
@@ -280,7 +280,7 @@ def run_lake_scenario(
     compactor.run(Topics.EVENTS.name, now=far_future)
     verdict.compaction_idempotent = compactor.run(Topics.EVENTS.name, now=far_future) == []
 
-    after, misplaced_after, files_after = read_day(client, day, scenario.hours)
+    after, misplaced_after, files_after = read_day(lake, day, scenario.hours)
     verdict.misplaced += misplaced_after
     verdict.foreign += len(set(after) - sent)
     deleted_uris = {s.uri for s in deleted}
