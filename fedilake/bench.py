@@ -32,7 +32,7 @@ from fedilake.settings import (
 from fedilake.stack.control import LocalStack
 from sinks.hbase import MetricStore, connect
 from sinks.lake import LakeWriter
-from streamer.delivery import make_producer
+from streamer.delivery import COMPRESSION, make_producer
 from streamer.envelopes import wrap_event
 from streamer.generator import StatusGenerator
 
@@ -46,10 +46,28 @@ class StageResult:
     name: str
     seconds: float
     events: int
+    cpu_seconds: float = float("nan")  # CPU the measured processes spent on it
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def per_cpu_second(self) -> float:
+        """Events per CPU-second: the rate on one core with nothing else running."""
+        return self.events / self.cpu_seconds if self.cpu_seconds > 0 else float("nan")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of `pids` so far (processes gone count nothing)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -87,13 +105,13 @@ def bare_producer_rate(kafka: KafkaSettings, payloads: list[bytes]) -> StageResu
     """kafka-python with the streamer's producer settings, sending the same bytes, nothing else."""
     ensure_topics(kafka, [BASELINE_TOPIC])
     producer: KafkaProducer = make_producer(kafka)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for n, payload in enumerate(payloads):
         producer.send(BASELINE_TOPIC.name, key=str(n).encode(), value=payload)
     producer.flush()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     producer.close()
-    return StageResult("bare kafka-python producer", seconds, len(payloads))
+    return StageResult("bare kafka-python producer", seconds, len(payloads), cpu)
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout_s: float, every_s: float) -> float:
@@ -259,7 +277,7 @@ def run_lake_bench(events: int, out: Callable[[str], None], hours: int = 1) -> i
 
     topic = f"fedilake.bench-lake-{run}"
     ensure_topics(kafka, [TopicSpec(topic, partitions=Topics.EVENTS.partitions)])
-    producer = make_producer(kafka)  # as the streamer publishes: gzip, acks=all
+    producer = make_producer(kafka)  # as the streamer publishes: compressed, acks=all
     for n, payload in enumerate(payloads):
         producer.send(topic, key=str(n).encode(), value=payload)
     producer.flush()
@@ -303,9 +321,16 @@ def run_streamer_bench(events: int, out: Callable[[str], None], reader_events: i
     ensure_topics(kafka)
     day = bench_day()
     seed = day.toordinal()
-    out(f"benchmark: {events} events, seed {seed}, acks=all, idempotent, gzip")
+    out(f"benchmark: {events} events, seed {seed}, acks=all, idempotent, {COMPRESSION}")
     baseline = bare_producer_rate(kafka, baseline_bytes(events, day, seed))
-    out(f"  baseline  {baseline.name}: {baseline.rate:,.0f} events/s")
+    out(
+        f"  baseline  {baseline.name}: {baseline.rate:,.0f} events/s, "
+        f"{baseline.per_cpu_second:,.0f} per CPU-second"
+    )
+    out(
+        "  (the simulator shares the machine's cores with the streamer; per CPU-second counts "
+        "only the streamer's own processes, readers and sender)"
+    )
     base_port = 18600 + os.getpid() % 100 * 3
     with tempfile.TemporaryDirectory(prefix="fedilake-bench-") as tmp:
         for n, transport in enumerate(("sse", "websocket")):
@@ -314,8 +339,10 @@ def run_streamer_bench(events: int, out: Callable[[str], None], reader_events: i
             )
             out(
                 f"  {stage.name:44} {stage.rate:>9,.0f} events/s  "
-                f"({stage.rate / baseline.rate:.2f} x bare producer), RSS {readers_mb:.0f} MB "
-                f"readers + {sender_mb:.0f} MB sender process"
+                f"({stage.rate / baseline.rate:.2f} x bare producer), "
+                f"{stage.per_cpu_second:,.0f} per CPU-second "
+                f"({stage.per_cpu_second / baseline.per_cpu_second:.2f} x), "
+                f"RSS {readers_mb:.0f} MB readers + {sender_mb:.0f} MB sender process"
             )
         # The readers alone, without Kafka: what a listener built on each keeps up with.
         # Each reader gets a simulator of its own holding exactly its statuses.
@@ -371,12 +398,17 @@ def _streamer_stage(
         def published() -> int:
             return sum(end_offsets(kafka, Topics.EVENTS.name).values()) - before
 
+        def streamer_cpu() -> float:
+            return cpu_seconds([streamer.pid, *child_pids(streamer.pid)])
+
         t_first = wait_until("the first event in Kafka", lambda: published() > 0, 60, 0.02)
+        cpu_first = streamer_cpu()
         t_all = wait_until(f"{events} events in Kafka", lambda: published() >= events, 600, 0.05)
+        cpu_all = streamer_cpu()
         name = f"simulator -> streamer ({transport}) -> Kafka"
         readers = rss_mb(streamer.pid)
         sender = sum(rss_mb(child) for child in child_pids(streamer.pid))
-        return StageResult(name, t_all - t_first, events), (readers, sender)
+        return StageResult(name, t_all - t_first, events, cpu_all - cpu_first), (readers, sender)
 
 
 SIMULATOR_TOKEN = SimulatorSettings().token.get_secret_value()

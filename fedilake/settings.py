@@ -205,7 +205,7 @@ class ProcessorSettings(BaseSettings):
         gt=0,
         description="the most one Kafka fetch returns per partition (compressed bytes): nothing "
         "is fetched while a batch is counted, so an uncompressed topic of 2.5 KB statuses at "
-        "5,000 events/s needs 8 MiB (and 80 MB more memory); the streamer's gzip needs 1 MiB",
+        "5,000 events/s needs 8 MiB (and 80 MB more memory); the streamer's compressed batches need 1 MiB",
     )
     report_interval_s: float = Field(default=30.0, gt=0, description="how often to log counts")
     batch_within_s: float = Field(

@@ -176,7 +176,7 @@ def paced_load(
     done_at = [0.0]
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    producer = make_producer(run.kafka)  # as the streamer publishes: gzip, acks=all
+    producer = make_producer(run.kafka)  # as the streamer publishes: compressed, acks=all
     began = time.monotonic()
     probe_due = True
     for n, envelope in enumerate(load):

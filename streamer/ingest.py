@@ -61,6 +61,7 @@ class Ingestor:
         self.spool_full_wait_s = spool_full_wait_s
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # one sync at a time, committing in order
         self._closed = False
         self._published_listeners: list[PublishedListener] = []
         # Told each durable spool position (the daemon passes it to the sender process).
@@ -170,16 +171,27 @@ class Ingestor:
     # ------------------------------------------------------------------ durability
 
     def sync(self) -> int:
-        """fsync the spool, then commit the state to that position."""
-        with self._lock:
-            return self._sync_locked()
+        """fsync the spool, then commit the state to that position.
 
-    def _sync_locked(self) -> int:
-        durable = self.spool.sync()
-        self.state.commit(durable)
-        if self.on_durable is not None:
-            self.on_durable(durable)
-        return durable
+        Only taking what was staged holds the ingest lock: the fsync and the SQLite commit
+        run beside the readers, which would otherwise wait for them (a quarter of their time
+        at 15,000 events/s)."""
+        with self._sync_lock:
+            with self._lock:
+                if self._closed:
+                    raise IngestClosed()
+                staged = self.state.take_staged()
+                upto = self.spool.last_seq
+            try:
+                durable = self.spool.sync()
+                self.state.write(staged, upto)
+            except BaseException:
+                with self._lock:
+                    self.state.restage(staged)
+                raise
+            if self.on_durable is not None:
+                self.on_durable(durable)
+            return durable
 
     def trim_spool(self, acked_seq: int) -> int:
         """Drop spool segments Kafka acknowledged and the state no longer needs."""
@@ -194,7 +206,7 @@ class Ingestor:
             try:
                 self.sync()
                 if time.monotonic() - last_expiry > 600:
-                    with self._lock:
+                    with self._sync_lock, self._lock:
                         expired = self.state.expire()
                     last_expiry = time.monotonic()
                     log.info("forgot %d identities older than the dedup window", expired)
@@ -250,10 +262,13 @@ class Ingestor:
 
     def close(self) -> None:
         """Sync one last time and refuse further events."""
-        with self._lock:
+        with self._sync_lock, self._lock:
             if self._closed:
                 return
-            self._sync_locked()
+            durable = self.spool.sync()
+            self.state.commit(durable)
+            if self.on_durable is not None:
+                self.on_durable(durable)
             self._closed = True
 
 

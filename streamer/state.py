@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 _SCHEMA = """
@@ -27,17 +28,30 @@ CREATE INDEX IF NOT EXISTS local_ids_at ON local_ids (at);
 MEMORY_IDS = 200_000  # recent local ids answered from memory; older ones from SQLite
 
 
+@dataclass
+class Staged:
+    """Rows staged for one commit: identities seen, local ids, checkpoints."""
+
+    seen: list[tuple[str, float]]
+    ids: list[tuple[str, str, str, float]]
+    checkpoints: list[tuple[str, str]]
+
+
 class StreamerState:
-    """Not thread-safe: the `Ingestor` calls it under its lock."""
+    """Not thread-safe: the `Ingestor` calls it under its lock, except `write`, which it
+    serialises on its own."""
 
     def __init__(self, path: Path, window_s: float) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.window_s = window_s
+        # Two connections: lookups on the ingest path read through `_db` while the sync
+        # thread writes a commit through `_writer` (WAL lets one read while the other writes).
+        self._writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._writer.execute("PRAGMA synchronous=NORMAL")
+        self._writer.executescript(_SCHEMA)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
         # Every identity of the dedup window, as 64-bit hashes: the hot path never reads
         # SQLite (a collision, ~1e-8 at a million keys, would drop one event).
         self._known: set[int] = set()
@@ -103,33 +117,53 @@ class StreamerState:
 
     def commit(self, spool_seq: int) -> None:
         """Make everything staged durable, with the spool position it corresponds to."""
-        db = self._db
+        self.write(self.take_staged(), spool_seq)
+
+    def take_staged(self) -> Staged:
+        """What was staged since the last call, handed over for `write` (under the ingest
+        lock; the write itself may then run outside it)."""
+        staged = Staged(
+            self._staged_seen,
+            self._staged_ids,
+            [(s, self._checkpoints[s]) for s in self._dirty_checkpoints],
+        )
+        self._staged_seen, self._staged_ids = [], []
+        self._dirty_checkpoints = set()
+        return staged
+
+    def restage(self, staged: Staged) -> None:
+        """Put back what a failed `write` did not store, so a later commit includes it
+        (a later commit's spool position must never pass over rows that are not stored)."""
+        self._staged_seen[:0] = staged.seen
+        self._staged_ids[:0] = staged.ids
+        for source, _ in staged.checkpoints:
+            self._dirty_checkpoints.add(source)
+
+    def write(self, staged: Staged, spool_seq: int) -> None:
+        """Store `staged` as corresponding to the spool up to `spool_seq`. Writes run one at
+        a time and in the order their `take_staged` calls ran (the caller sees to it)."""
+        db = self._writer
         db.execute("BEGIN")
         try:
-            if self._staged_seen:
-                db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", self._staged_seen)
-            if self._staged_ids:
-                db.executemany(
-                    "INSERT OR REPLACE INTO local_ids VALUES (?, ?, ?, ?)", self._staged_ids
-                )
+            if staged.seen:
+                db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", staged.seen)
+            if staged.ids:
+                db.executemany("INSERT OR REPLACE INTO local_ids VALUES (?, ?, ?, ?)", staged.ids)
             now = time.time()
             db.executemany(
                 "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
-                [(s, self._checkpoints[s], now) for s in self._dirty_checkpoints],
+                [(source, last_id, now) for source, last_id in staged.checkpoints],
             )
             db.execute("INSERT OR REPLACE INTO meta VALUES ('spool_seq', ?)", (str(spool_seq),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._staged_seen.clear()
-        self._staged_ids.clear()
-        self._dirty_checkpoints.clear()
 
     def expire(self) -> int:
         """Forget identities older than the dedup window; returns how many."""
         cutoff = time.time() - self.window_s
-        db = self._db
+        db = self._writer
         removed = db.execute("DELETE FROM seen WHERE at < ?", (cutoff,)).rowcount
         removed += db.execute("DELETE FROM local_ids WHERE at < ?", (cutoff,)).rowcount
         if removed:
@@ -139,6 +173,7 @@ class StreamerState:
 
     def close(self) -> None:
         self._db.close()
+        self._writer.close()
 
     @staticmethod
     def _remember(cache: OrderedDict, key: object, value: object) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import orjson
 import requests
 import urllib3
 import websocket
@@ -189,20 +190,16 @@ class WebSocketConnection:
 def parse_ws_message(frame: bytes) -> StreamItem:
     """`{"stream": [...], "event": "update", "payload": "<the status as JSON text>"}`."""
     try:
-        message = json.loads(frame)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:  # invalid UTF-8 and lone surrogates included
         return Unreadable("WebSocket frame is not JSON", frame)
     if not isinstance(message, dict) or not isinstance(message.get("event"), str):
         return Unreadable("WebSocket frame has no event name", frame)
     payload = message.get("payload", "")
     if not isinstance(payload, str):
         # Some servers send the payload as an object; keep it as compact JSON text.
-        payload = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    try:
-        data = payload.encode("utf-8")
-    except UnicodeEncodeError:
-        return Unreadable("WebSocket payload is not valid UTF-8", frame)
-    return StreamEvent(message["event"], data)
+        return StreamEvent(message["event"], orjson.dumps(payload))
+    return StreamEvent(message["event"], payload.encode("utf-8"))
 
 
 def open_connection(

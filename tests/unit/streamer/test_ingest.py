@@ -155,6 +155,34 @@ def test_state_and_spool_agree_after_a_crash_between_fsync_and_commit(tmp_path: 
         reopened.offer(A, _status("3", "https://a.example/s/3"))
 
 
+def test_a_failed_state_commit_is_carried_into_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The commit runs outside the ingest lock on rows taken from the state; when it fails,
+    # the next commit, whose spool position covers them, must still store them.
+    ingestor = _open(tmp_path)
+    ingestor.offer(A, _status("1", "https://a.example/s/1"))
+    write = ingestor.state.write
+
+    def full_disk(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ingestor.state, "write", full_disk)
+    with pytest.raises(OSError):
+        ingestor.sync()
+    monkeypatch.setattr(ingestor.state, "write", write)
+    ingestor.offer(A, _status("2", "https://a.example/s/2"))
+    ingestor.sync()
+    ingestor.spool.close()
+    ingestor.state.close()
+
+    reopened = _open(tmp_path)
+    assert reopened.recover() == 0  # nothing beyond the last commit: it held both
+    assert reopened.offer(A, _status("1", "https://a.example/s/1")) == "duplicate"
+    assert reopened.state_checkpoint(A) == "2"
+    reopened.close()
+
+
 def test_gotosocial_ulid_ids_are_statuses_and_checkpoints_like_any_other(
     ingestor: Ingestor,
 ) -> None:
