@@ -13,7 +13,6 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 import orjson
-from kafka.partitioner.default import murmur2
 
 # --------------------------------------------------------------------------- Kafka
 
@@ -48,11 +47,46 @@ class Topics:
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
+_MURMUR_M = 0x5BD1E995
+_U32 = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (`Utils.murmur2`, seed 0x9747b28c) as an unsigned 32-bit value.
+
+    The same values as kafka-python's, at half the cost: it reads the key's words in one
+    `struct` call. The streamer's sender hashes every event's key with it."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length >> 2
+    for k in struct.unpack_from(f"<{words}I", data):
+        k = (k * _MURMUR_M) & _U32
+        k ^= k >> 24
+        h = ((h * _MURMUR_M) & _U32) ^ ((k * _MURMUR_M) & _U32)
+    tail = length & 3
+    if tail:
+        base = words << 2
+        if tail == 3:
+            h ^= data[base + 2] << 16
+        if tail >= 2:
+            h ^= data[base + 1] << 8
+        h ^= data[base]
+        h = (h * _MURMUR_M) & _U32
+    h ^= h >> 13
+    h = (h * _MURMUR_M) & _U32
+    return h ^ (h >> 15)
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner for a keyed record, so every client agrees."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def partition_for(key: bytes | None, spec: TopicSpec) -> int:
-    """The partition a key belongs to: Kafka's own murmur2 rule, so every client agrees."""
+    """The partition a key of one of our topics belongs to (unkeyed records: partition 0)."""
     if key is None:
         return 0
-    return (murmur2(key) & 0x7FFFFFFF) % spec.partitions
+    return key_partition(key, spec.partitions)
 
 
 # --------------------------------------------------------------------------- envelope

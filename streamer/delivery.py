@@ -22,8 +22,15 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.partitioner.default import DefaultPartitioner
 
-from fedilake.contracts import MAX_MESSAGE_BYTES, Topics, TopicSpec, partition_for
+from fedilake.contracts import (
+    MAX_MESSAGE_BYTES,
+    Topics,
+    TopicSpec,
+    key_partition,
+    partition_for,
+)
 from fedilake.settings import KafkaSettings
 
 from .spool import SpoolRecord, SpoolTailer
@@ -42,6 +49,25 @@ SEQ_HEADER = "fedilake.seq"
 COMPRESSION = "zstd"
 
 
+class KeyPartitioner(DefaultPartitioner):
+    """Kafka's default rule for keyed records without the default partitioner's per-record
+    sorting and copying of the partition list (a sixth of the sender's time, with murmur2)."""
+
+    def partition(
+        self,
+        topic: str,
+        key: Any,
+        serialized_key: bytes | None,
+        value: Any,
+        serialized_value: bytes | None,
+        cluster: Any,
+    ) -> int:
+        partitions = cluster.partitions_for_topic(topic)
+        if serialized_key is None or not partitions:
+            return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        return key_partition(serialized_key, len(partitions))  # partitions are 0..n-1
+
+
 def make_producer(settings: KafkaSettings) -> KafkaProducer:
     return KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
@@ -49,6 +75,7 @@ def make_producer(settings: KafkaSettings) -> KafkaProducer:
         acks="all",
         enable_idempotence=True,
         compression_type=COMPRESSION,
+        partitioner=KeyPartitioner(),
         linger_ms=20,
         batch_size=256 * 1024,
         max_in_flight_requests_per_connection=5,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
+from kafka.partitioner.default import DefaultPartitioner
+from kafka.partitioner.default import murmur2 as kafka_murmur2
 
 from fedilake.contracts import (
     Envelope,
@@ -20,11 +23,13 @@ from fedilake.contracts import (
     dead_letter_record,
     decode_count,
     encode_count,
+    murmur2,
     parse_hour,
     part_file_name,
     raw_day_glob,
     raw_hour_dir,
 )
+from streamer.delivery import KeyPartitioner
 
 RECEIVED = datetime(2026, 11, 23, 11, 5, 7, 123000, tzinfo=UTC)
 CREATED = datetime(2026, 11, 23, 10, 59, 59, 999000, tzinfo=UTC)
@@ -348,3 +353,26 @@ def test_dead_letter_record_of_a_huge_payload_keeps_its_first_4_mib() -> None:
     assert record["truncated"] is True and record["original_size"] == len(original)
     assert base64.b64decode(record["original_base64"]) == original[: 4 * 1024 * 1024]
     assert len(record["original"]) == 64 * 1024
+
+
+def test_murmur2_and_key_placement_agree_with_kafka_python() -> None:
+    class Cluster:
+        def topics(self) -> set[str]:
+            return {"t"}
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(7))
+
+        def available_partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(7))
+
+    rng = random.Random(7)
+    ours, theirs = KeyPartitioner(), DefaultPartitioner()
+    for length in range(0, 130):
+        key = rng.randbytes(length)
+        assert murmur2(key) == kafka_murmur2(key)
+        assert ours.partition("t", key, key, None, None, Cluster()) == theirs.partition(
+            "t", key, key, None, None, Cluster()
+        )
+    # Kafka's UtilsTest: murmur2("21") == -973932308, the same 32 bits.
+    assert murmur2(b"21") == -973932308 & 0xFFFFFFFF
