@@ -22,6 +22,7 @@ import websocket
 
 from .sources import Source, Transport, stream_path, websocket_params
 from .sse import Heartbeat, SseParser, StreamEvent, StreamItem, Unreadable
+from .wsframes import FrameParser, Opcode
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,9 @@ def _socket_of(response: requests.Response) -> socket.socket | None:
     return found if isinstance(found, socket.socket) else None
 
 
+WS_READ_BYTES = 256 * 1024
+
+
 class WebSocketConnection:
     """One Mastodon WebSocket subscribed to one stream."""
 
@@ -163,18 +167,32 @@ class WebSocketConnection:
 
     def items(self) -> Iterator[StreamItem]:
         ws = self._ws
+        sock = ws.sock
+        if sock is None:
+            raise ConnectionError("WebSocket closed before reading")
+        # websocket-client did the handshake (reading it byte by byte, so nothing of the
+        # stream is held there); frames are read here, in large reads.
+        parser = FrameParser()
         try:
             while True:
-                opcode, frame = ws.recv_data(control_frame=True)
-                if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    return
-                if opcode in (websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_PONG):
-                    yield Heartbeat()
-                    continue
-                yield parse_ws_message(frame)
-        except websocket.WebSocketTimeoutException as exc:
+                data = sock.recv(WS_READ_BYTES)
+                if not data:
+                    raise ConnectionError("WebSocket closed by the server")
+                for message in parser.feed(data):
+                    if message.opcode is Opcode.PING:
+                        ws.pong(message.data)
+                        yield Heartbeat()
+                    elif message.opcode is Opcode.PONG:
+                        yield Heartbeat()
+                    elif message.opcode is Opcode.CLOSE:
+                        with contextlib.suppress(OSError, websocket.WebSocketException):
+                            ws.send_close()
+                        return
+                    else:
+                        yield parse_ws_message(message.data)
+        except TimeoutError as exc:
             raise TimeoutError("no frame and no ping within the stall timeout") from exc
-        except (websocket.WebSocketConnectionClosedException, OSError) as exc:
+        except (websocket.WebSocketException, OSError) as exc:
             if not self._closed:
                 raise ConnectionError(f"WebSocket closed: {exc}") from exc
 
