@@ -74,6 +74,7 @@ class Streamer:
         self._sender: multiprocessing.process.BaseProcess | None = None
         self.sender_restarts = 0
         self.ingestor.on_durable = self._set_durable
+        self.ingestor.on_failure = self._on_ingest_failure
         self.stop_requested = threading.Event()
         session = requests.Session()
         rate_limits: dict[str, RateLimit] = {}
@@ -108,6 +109,9 @@ class Streamer:
         self._threads: list[threading.Thread] = []
         self._sync_stop = threading.Event()
         self.ingestor_closed = False
+
+    def _on_ingest_failure(self, exc: BaseException) -> None:
+        self.stop_requested.set()  # `wait` returns 3 and the caller stops everything
 
     def _set_durable(self, seq: int) -> None:
         self._durable.value = seq
@@ -189,7 +193,7 @@ class Streamer:
                 log.error("no source can be read; stopping")
                 self.stop()
                 return 2
-        return 0
+        return 3 if self.ingestor.failure is not None else 0
 
     def stop(self) -> None:
         if self.stop_requested.is_set() and self.ingestor_closed:

@@ -66,6 +66,9 @@ class Ingestor:
         self._published_listeners: list[PublishedListener] = []
         # Told each durable spool position (the daemon passes it to the sender process).
         self.on_durable: Callable[[int], None] | None = None
+        # Told when the periodic sync failed (the daemon stops); `failure` keeps the error.
+        self.on_failure: Callable[[BaseException], None] | None = None
+        self.failure: BaseException | None = None
 
     # ------------------------------------------------------------------ intake
 
@@ -101,12 +104,20 @@ class Ingestor:
             state.map_id(envelope.instance, envelope.status_id, envelope.uri)
         elif kind is EventKind.DELETE and envelope.status_id and not envelope.uri:
             envelope = replace(envelope, uri=state.uri_of(envelope.instance, envelope.status_id))
+        outcome = self._publish_locked(envelope, backfilled)
+        # The checkpoint moves only once the event is dealt with: one that never reached
+        # the spool (shutdown while the spool was full) is backfilled after a restart.
         if source is not None and envelope.event in _TIMELINE_EVENTS:
             position = _timeline_id(envelope)
             if position is not None:
                 state.advance(
                     source.name, newer(state.checkpoint(source.name), position) or position
                 )
+        return outcome
+
+    def _publish_locked(self, envelope: Envelope, backfilled: bool) -> str:
+        state = self.state
+        kind = envelope.kind
         key = identity_key(envelope)
         if key is not None and state.seen(key):
             if not (backfilled and kind is EventKind.STATUS):
@@ -212,6 +223,20 @@ class Ingestor:
                     log.info("forgot %d identities older than the dedup window", expired)
             except IngestClosed:
                 return
+            except Exception as exc:  # noqa: BLE001 - reported, then the streamer stops
+                # Fail-stop: after a failed fsync the kernel may have dropped the pages while
+                # a retry reports success, so nothing more is made durable by this process.
+                # The next start recovers from what is on disk and backfills the gap.
+                self.failure = exc
+                log.critical(
+                    "making the spool and the state durable failed (%s: %s); the streamer "
+                    "stops, and its next start recovers from what is on disk",
+                    exc.__class__.__name__,
+                    exc,
+                )
+                if self.on_failure is not None:
+                    self.on_failure(exc)
+                return
 
     def recover(self) -> int:
         """Restore the state of records the spool holds beyond the last state commit."""
@@ -264,6 +289,9 @@ class Ingestor:
         """Sync one last time and refuse further events."""
         with self._sync_lock, self._lock:
             if self._closed:
+                return
+            if self.failure is not None:
+                self._closed = True  # nothing more is trusted to become durable
                 return
             durable = self.spool.sync()
             self.state.commit(durable)

@@ -215,8 +215,11 @@ def parse_ws_message(frame: bytes) -> StreamItem:
         return Unreadable("WebSocket frame has no event name", frame)
     payload = message.get("payload", "")
     if not isinstance(payload, str):
-        # Some servers send the payload as an object; keep it as compact JSON text.
-        return StreamEvent(message["event"], orjson.dumps(payload))
+        # Some servers send the payload as an object; keep it as compact JSON text. Read
+        # again by the standard library, which keeps integers beyond 64 bits exact.
+        payload = json.loads(frame)["payload"]
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return StreamEvent(message["event"], text.encode())
     return StreamEvent(message["event"], payload.encode("utf-8"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,33 @@ def test_a_failed_state_commit_is_carried_into_the_next_one(
     assert reopened.recover() == 0  # nothing beyond the last commit: it held both
     assert reopened.offer(A, _status("1", "https://a.example/s/1")) == "duplicate"
     assert reopened.state_checkpoint(A) == "2"
+    reopened.close()
+
+
+def test_a_failed_periodic_sync_stops_the_streamer_without_trusting_disk_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingestor = _open(tmp_path)
+    ingestor.offer(A, _status("1", "https://a.example/s/1"))
+    ingestor.sync()
+    ingestor.offer(A, _status("2", "https://a.example/s/2"))
+    told: list[BaseException] = []
+    ingestor.on_failure = told.append
+
+    def failing_fsync() -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(ingestor.spool, "sync", failing_fsync)
+    stop = threading.Event()
+    ingestor.sync_periodically(0.01, stop)  # returns on the failure, not on `stop`
+    assert isinstance(ingestor.failure, OSError) and told == [ingestor.failure]
+    ingestor.close()  # no further commit: the state stays at the last good sync
+    monkeypatch.undo()
+    ingestor.spool.close()
+    ingestor.state.close()
+
+    reopened = _open(tmp_path)
+    assert reopened.state.spool_seq == 1
     reopened.close()
 
 

@@ -63,6 +63,11 @@ def test_websocket_messages_become_events_with_the_payload_text() -> None:
     assert parse_ws_message(b'{"stream":["public"],"event":"delete","payload":"7"}') == (
         StreamEvent("delete", b"7")
     )
+    # A payload sent as an object is kept as compact JSON text, its numbers exact.
+    frame = b'{"event":"update","payload":{"id":"1","n":18446744073709551616, "x":"\xc3\xa9"}}'
+    assert parse_ws_message(frame) == StreamEvent(
+        "update", '{"id":"1","n":18446744073709551616,"x":"\u00e9"}'.encode()
+    )
 
 
 def test_unreadable_websocket_frames_keep_their_bytes() -> None:
