@@ -1,0 +1,131 @@
+"""The sink's flushing, with a fake consumer and writer: background flushes land every
+partition's ranges in offset order, retry what failed, and never leave a gap."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import namedtuple
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from kafka import TopicPartition
+
+from fedilake.settings import HdfsSinkSettings
+from sinks.lake import EncodedFlush, HdfsLakeSink, PartitionBuffer
+from streamer.envelopes import wrap_event
+
+TOPIC = "fedilake.events"
+Record = namedtuple("Record", "offset value")
+
+
+def envelope(n: int) -> bytes:
+    status = {
+        "id": str(n),
+        "uri": f"https://a.example/s/{n}",
+        "created_at": "2026-11-23T10:00:00.000Z",
+        "account": {"id": "1", "acct": "bob"},
+    }
+    return wrap_event(
+        "update",
+        json.dumps(status).encode(),
+        instance="https://a.example",
+        stream="public",
+        received_at=datetime(2026, 11, 23, 10, 1, tzinfo=UTC),
+    ).to_bytes()
+
+
+class FakeConsumer:
+    def __init__(self, batches: list[dict[TopicPartition, list[Record]]]) -> None:
+        self.batches = batches
+        self.committed: dict[TopicPartition, int] = {}
+
+    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+        pass
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        if self.batches:
+            return self.batches.pop(0)
+        time.sleep(0.01)
+        return {}
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.committed.update({tp: meta.offset for tp, meta in offsets.items()})
+
+    def close(self, autocommit: bool = False) -> None:
+        pass
+
+
+class FakeWriter:
+    """Records the offset ranges it landed; fails the writes it is told to."""
+
+    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
+        self.landed: list[tuple[int, int, int]] = []  # partition, first, last
+        self.failures = failures
+        self.error = error or ValueError("WebHDFS answered an HTML error page")
+
+    def write(
+        self, topic: str, partition: int, buffer: PartitionBuffer, encoded: EncodedFlush
+    ) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        assert buffer.first is not None and buffer.last is not None
+        self.landed.append((partition, buffer.first, buffer.last))
+
+
+class FakeProducer:
+    def send(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def sink_for(consumer: FakeConsumer, writer: FakeWriter) -> HdfsLakeSink:
+    settings = HdfsSinkSettings(flush_events=10, flush_interval_s=3600)
+    return HdfsLakeSink(settings, consumer, writer, FakeProducer())  # type: ignore[arg-type]
+
+
+def test_background_flushes_land_in_offset_order_and_retry_any_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(threading.Event, "wait", lambda self, timeout=None: self.is_set())
+    tps = [TopicPartition(TOPIC, p) for p in range(2)]
+    batches = [
+        {tp: [Record(o, envelope(o)) for o in range(start, start + 6)] for tp in tps}
+        for start in range(0, 60, 6)
+    ]
+    consumer, writer = FakeConsumer(batches), FakeWriter(failures=3)
+    sink = sink_for(consumer, writer)
+    thread = threading.Thread(target=sink.run, kwargs={"topics": [TOPIC]})
+    thread.start()
+    deadline = time.monotonic() + 10
+    while sink.written < 120 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sink.stop()
+    thread.join(10)
+    for tp in tps:
+        ranges = [(first, last) for p, first, last in writer.landed if p == tp.partition]
+        assert ranges[0][0] == 0 and ranges[-1][1] == 59
+        assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(ranges))
+        assert consumer.committed[tp] == 60
+
+
+def test_nothing_lands_after_a_background_flush_failed() -> None:
+    tp = TopicPartition(TOPIC, 0)
+    writer = FakeWriter(failures=1, error=OSError("DataNode gone"))
+    sink = sink_for(FakeConsumer([]), writer)
+    sink.stop_requested.set()  # stopping: the failed flush is not retried
+    sink.buffers[tp] = PartitionBuffer()
+    sink.buffers[tp].add(0, datetime(2026, 11, 23, 10, tzinfo=UTC), envelope(0))
+    sink._flush_in_background()
+    sink.buffers[tp] = PartitionBuffer()
+    sink.buffers[tp].add(1, datetime(2026, 11, 23, 10, tzinfo=UTC), envelope(1))
+    with pytest.raises(OSError):
+        sink.flush()
+    sink.flush()
+    assert writer.landed == []  # offset 1 alone would leave offset 0 out for good
