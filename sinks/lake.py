@@ -236,7 +236,15 @@ class LakeWriter:
 Commits = dict[TopicPartition, int]
 
 
+class LakeSinkBroken(RuntimeError):
+    """A flush failed for good: the sink must stop, and a restart resume from the lake."""
+
+
 class _Recovery(ConsumerRebalanceListener):
+    """kafka-python 3 calls these on its I/O thread: they must not use the consumer in a way
+    that waits for that thread (committing offsets does), so landed offsets are committed
+    later by the consumer loop."""
+
     def __init__(self, sink: HdfsLakeSink) -> None:
         self.sink = sink
 
@@ -249,17 +257,20 @@ class _Recovery(ConsumerRebalanceListener):
                 self.sink.buffers.pop(tp, None)
 
     def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
-        # Another member owns them now: writing them here could duplicate its files.
-        self.sink.settle_quietly()
-        for tp in lost:
-            self.sink.buffers.pop(tp, None)
+        # Another member owns them now: writing them here could duplicate its files. The
+        # background flush skips them from its next partition on.
+        self.sink.abandon(lost)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.sink.settle_quietly()  # positions are read from the lake: let it be up to date
+        self.sink.take_back(assigned)
         for tp in assigned:
             position = self.sink.recover_until_done(tp)
             if position is not None:
                 self.sink.consumer.seek(tp, position)
+                # Committed by the consumer loop: the group's offset follows the lake even
+                # when the previous owner could not commit its last flush.
+                self.sink.note_resumed(tp, position)
                 log.info(
                     "%s[%d] resumes at offset %d (from the lake)", tp.topic, tp.partition, position
                 )
@@ -287,6 +298,9 @@ class HdfsLakeSink:
         self._flusher: ThreadPoolExecutor | None = None  # lands a flush while we consume
         self._in_flight: Future[Commits] | None = None
         self._broken = False  # a background flush failed: nothing more may land
+        self._abandoned: set[TopicPartition] = set()  # lost to another member
+        self._landed: Commits = {}  # for the consumer loop to commit to Kafka
+        self._landed_lock = threading.Lock()
 
     def run(self, topics: Iterable[str] = (Topics.EVENTS.name,)) -> None:
         self.consumer.subscribe(list(topics), listener=_Recovery(self))
@@ -299,6 +313,7 @@ class HdfsLakeSink:
                         self._add(tp, record.offset, record.value)
                         self.buffered_bytes += len(record.value) + 1
                 self._settle(wait=False)
+                self._commit_landed()
                 pending = sum(len(b) for b in self.buffers.values())
                 due = time.monotonic() - last_flush >= self.settings.flush_interval_s
                 full = (
@@ -316,13 +331,16 @@ class HdfsLakeSink:
                 # later may land then (a restart resumes from the lake, after the last range).
                 self._settle()
                 self.flush()
+                self._commit_landed()
             finally:
-                self.consumer.close(autocommit=False)
-                self.dead_letters.close()
                 for pool in (self._flusher, self._encoder):
                     if pool is not None:
                         pool.shutdown(wait=False, cancel_futures=True)
                 self._flusher = self._encoder = None
+                try:
+                    self.consumer.close(autocommit=False)
+                finally:
+                    self.dead_letters.close()
 
     def stop(self) -> None:
         self.stop_requested.set()
@@ -349,10 +367,27 @@ class HdfsLakeSink:
 
     def _flush_in_background(self) -> None:
         """Hand the buffers to the flush thread and go on consuming into new ones."""
+        if self._broken:
+            raise LakeSinkBroken(
+                "an earlier lake flush failed; stopping so that a restart resumes from the lake"
+            )
         taken, self.buffers, self.buffered_bytes = self.buffers, {}, 0
         if self._flusher is None:
             self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-flush")
         self._in_flight = self._flusher.submit(self._land_until_done, taken)
+
+    def abandon(self, lost: Iterable[TopicPartition]) -> None:
+        """Never write these again (another member owns them): their buffers go, and the
+        background flush skips them."""
+        for tp in lost:
+            self._abandoned.add(tp)
+            self.buffers.pop(tp, None)
+        self.buffered_bytes = sum(b.size() for b in self.buffers.values())
+
+    def take_back(self, assigned: Iterable[TopicPartition]) -> None:
+        """Partitions ours again (after the background flush settled)."""
+        for tp in assigned:
+            self._abandoned.discard(tp)
 
     def settle_quietly(self) -> None:
         """Wait for the background flush; a failure is only logged (a rebalance callback:
@@ -376,7 +411,7 @@ class HdfsLakeSink:
             # restart (resuming after the newest manifest) skips.
             self._broken = True
             raise
-        self._commit(commits)
+        self._note_landed(commits)
 
     def _land_until_done(self, buffers: dict[TopicPartition, PartitionBuffer]) -> Commits:
         """HDFS may be away for a while (a DataNode restart): keep the buffers, retry.
@@ -428,7 +463,7 @@ class HdfsLakeSink:
             self._land(self.buffers, chosen, commits)
         finally:
             self.buffered_bytes = sum(b.size() for b in self.buffers.values())
-            self._commit(commits)
+            self._note_landed(commits)
 
     def _land(
         self,
@@ -441,7 +476,7 @@ class HdfsLakeSink:
         ready: list[tuple[TopicPartition, PartitionBuffer, int]] = []
         for tp in chosen:
             buffer = buffers.get(tp)
-            if buffer is None or buffer.last is None:
+            if buffer is None or buffer.last is None or tp in self._abandoned:
                 buffers.pop(tp, None)
             else:
                 ready.append((tp, buffer, buffer.last))
@@ -455,27 +490,45 @@ class HdfsLakeSink:
             )
         encoded = self._encoder.map(encode_flush, [buffer for _, buffer, _ in ready])
         for (tp, buffer, last), parts in zip(ready, encoded, strict=True):
+            if tp in self._abandoned:  # lost while this flush ran
+                buffers.pop(tp, None)
+                continue
             self.writer.write(tp.topic, tp.partition, buffer, parts)
             del buffers[tp]
             self.written += len(buffer)
             commits[tp] = last + 1
 
-    def _commit(self, commits: Commits) -> None:
-        if commits:
-            from kafka.structs import OffsetAndMetadata
+    def _note_landed(self, commits: Commits) -> None:
+        """Remember where landed partitions resume, for `_commit_landed` (any thread)."""
+        if not commits:
+            return
+        log.info(
+            "landed events up to offsets %s (%d events so far)",
+            {f"{tp.topic}[{tp.partition}]": o for tp, o in commits.items()},
+            self.written,
+        )
+        with self._landed_lock:
+            self._landed.update(commits)
 
-            try:
-                self.consumer.commit(
-                    {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in commits.items()}
-                )
-            except KafkaError as exc:
-                # Advisory only: the lake's manifests are where a restart resumes from.
-                log.warning("could not commit offsets to Kafka: %s", exc)
-            log.info(
-                "landed events up to offsets %s (%d events so far)",
-                {f"{tp.topic}[{tp.partition}]": o for tp, o in commits.items()},
-                self.written,
-            )
+    def note_resumed(self, tp: TopicPartition, position: int) -> None:
+        with self._landed_lock:
+            self._landed[tp] = position
+
+    def _commit_landed(self) -> None:
+        """Commit what landed to Kafka, from the consumer's own thread (it is not
+        thread-safe). Advisory only: the lake's manifests are where a restart resumes."""
+        with self._landed_lock:
+            landed, self._landed = self._landed, {}
+        owned = self.consumer.assignment()
+        offsets = {tp: offset for tp, offset in landed.items() if tp in owned}
+        if not offsets:
+            return
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except KafkaError as exc:
+            log.warning("could not commit offsets to Kafka: %s", exc)
 
 
 def build_sink(

@@ -15,7 +15,7 @@ import pytest
 from kafka import TopicPartition
 
 from fedilake.settings import HdfsSinkSettings
-from sinks.lake import EncodedFlush, HdfsLakeSink, PartitionBuffer
+from sinks.lake import EncodedFlush, HdfsLakeSink, LakeSinkBroken, PartitionBuffer, _Recovery
 from streamer.envelopes import wrap_event
 
 TOPIC = "fedilake.events"
@@ -42,6 +42,10 @@ class FakeConsumer:
     def __init__(self, batches: list[dict[TopicPartition, list[Record]]]) -> None:
         self.batches = batches
         self.committed: dict[TopicPartition, int] = {}
+        self.assigned = {tp for batch in batches for tp in batch}
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         pass
@@ -129,3 +133,60 @@ def test_nothing_lands_after_a_background_flush_failed() -> None:
         sink.flush()
     sink.flush()
     assert writer.landed == []  # offset 1 alone would leave offset 0 out for good
+
+
+def buffered(sink: HdfsLakeSink, tp: TopicPartition, *offsets: int) -> None:
+    buffer = sink.buffers.setdefault(tp, PartitionBuffer())
+    for offset in offsets:
+        buffer.add(offset, datetime(2026, 11, 23, 10, tzinfo=UTC), envelope(offset))
+
+
+def test_a_failure_swallowed_by_a_rebalance_callback_still_stops_the_next_hand_off() -> None:
+    tp = TopicPartition(TOPIC, 0)
+    sink = sink_for(FakeConsumer([]), FakeWriter(failures=1, error=OSError("DataNode gone")))
+    sink.stop_requested.set()
+    buffered(sink, tp, 0)
+    sink._flush_in_background()
+    sink.settle_quietly()  # as `on_partitions_assigned` does: logged, not raised
+    buffered(sink, tp, 1)
+    with pytest.raises(LakeSinkBroken):
+        sink._flush_in_background()
+
+
+def test_a_partition_lost_during_a_flush_is_not_written_and_callbacks_never_commit() -> None:
+    lost, kept = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+
+    class SlowWriter(FakeWriter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered, self.release = threading.Event(), threading.Event()
+
+        def write(self, topic: str, partition: int, buffer: Any, encoded: Any) -> None:
+            if partition == kept.partition:
+                self.entered.set()
+                self.release.wait(5)
+            super().write(topic, partition, buffer, encoded)
+
+    commit_threads: list[str] = []
+
+    class CommitCounting(FakeConsumer):
+        def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+            commit_threads.append(threading.current_thread().name)
+            super().commit(offsets)
+
+    consumer, writer = CommitCounting([]), SlowWriter()
+    consumer.assigned = {kept}
+    sink = sink_for(consumer, writer)
+    buffered(sink, kept, 0, 1)
+    buffered(sink, lost, 0, 1)
+    sink._flush_in_background()  # `kept` is written first (partitions in buffer order)
+    assert writer.entered.wait(5)
+    listener = _Recovery(sink)
+    callback = threading.Thread(target=listener.on_partitions_lost, args=([lost],), name="io")
+    callback.start()
+    callback.join(5)
+    writer.release.set()
+    sink._settle()
+    assert [p for p, _, _ in writer.landed] == [kept.partition]
+    sink._commit_landed()
+    assert consumer.committed == {kept: 2} and commit_threads == ["MainThread"]
