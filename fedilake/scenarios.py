@@ -45,6 +45,8 @@ class Verdict:
     duplicated: list[EventId] = field(default_factory=list)
     unexpected: list[EventId] = field(default_factory=list)
     out_of_order: list[str] = field(default_factory=list)
+    # For the first statuses out of order: the order sent, then the order found in Kafka.
+    order_examples: list[tuple[list[EventId], list[EventId]]] = field(default_factory=list)
     dead_letters: int = 0
     unknown_kept: int = 0
     # Deletes of an instance-local id the streamer never saw a status for: published keyed
@@ -72,6 +74,15 @@ class Verdict:
             f"(of {self.dead_letters_expected}), {self.unknown_kept} unknown events kept "
             f"(of {self.unknown_expected}), {self.unresolved_deletes} deletes of unseen statuses"
         )
+
+    def examples(self, limit: int = 3) -> list[str]:
+        """A few of each kind of failure, to start looking from."""
+        lines = [f"missing: {item}" for item in self.missing[:limit]]
+        lines += [f"duplicated: {item}" for item in self.duplicated[:limit]]
+        lines += [f"unexpected: {item}" for item in self.unexpected[:limit]]
+        for sent, found in self.order_examples[:limit]:
+            lines.append(f"out of order: sent {sent}, in Kafka {found}")
+        return lines
 
 
 def event_id(envelope: Envelope) -> EventId | None:
@@ -114,8 +125,10 @@ def judge(expected: Iterable[Mapping[str, Any]], published: Iterable[Envelope]) 
     verdict.unexpected = [item for item in seen if item not in wanted_set]
     for uri, events in arrival.items():
         firsts = [e for e in dict.fromkeys(events) if e in wanted_set]
-        if [e for e in order.get(uri, []) if e in set(firsts)] != firsts:
+        sent = [e for e in order.get(uri, []) if e in set(firsts)]
+        if sent != firsts:
             verdict.out_of_order.append(uri)
+            verdict.order_examples.append((sent, firsts))
     return verdict
 
 
@@ -246,6 +259,8 @@ def run_streamer_scenario(
         except subprocess.TimeoutExpired:
             streamer.kill()
     out(f"  {verdict.summary()}")
+    for line in verdict.examples():
+        out(f"    {line}")
     return verdict
 
 

@@ -38,20 +38,16 @@ class Staged:
 
 
 class StreamerState:
-    """Not thread-safe: the `Ingestor` calls it under its lock, except `write`, which it
-    serialises on its own."""
+    """Not thread-safe: the `Ingestor` calls it under its lock."""
 
     def __init__(self, path: Path, window_s: float) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.window_s = window_s
-        # Two connections: lookups on the ingest path read through `_db` while the sync
-        # thread writes a commit through `_writer` (WAL lets one read while the other writes).
-        self._writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._writer.execute("PRAGMA journal_mode=WAL")
-        self._writer.execute("PRAGMA synchronous=NORMAL")
-        self._writer.executescript(_SCHEMA)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
         # Every identity of the dedup window, as 64-bit hashes: the hot path never reads
         # SQLite (a collision, ~1e-8 at a million keys, would drop one event).
         self._known: set[int] = set()
@@ -120,8 +116,7 @@ class StreamerState:
         self.write(self.take_staged(), spool_seq)
 
     def take_staged(self) -> Staged:
-        """What was staged since the last call, handed over for `write` (under the ingest
-        lock; the write itself may then run outside it)."""
+        """What was staged since the last call, handed over for `write`."""
         staged = Staged(
             self._staged_seen,
             self._staged_ids,
@@ -140,9 +135,8 @@ class StreamerState:
             self._dirty_checkpoints.add(source)
 
     def write(self, staged: Staged, spool_seq: int) -> None:
-        """Store `staged` as corresponding to the spool up to `spool_seq`. Writes run one at
-        a time and in the order their `take_staged` calls ran (the caller sees to it)."""
-        db = self._writer
+        """Store `staged` as corresponding to the spool up to `spool_seq`."""
+        db = self._db
         db.execute("BEGIN")
         try:
             if staged.seen:
@@ -163,7 +157,7 @@ class StreamerState:
     def expire(self) -> int:
         """Forget identities older than the dedup window; returns how many."""
         cutoff = time.time() - self.window_s
-        db = self._writer
+        db = self._db
         removed = db.execute("DELETE FROM seen WHERE at < ?", (cutoff,)).rowcount
         removed += db.execute("DELETE FROM local_ids WHERE at < ?", (cutoff,)).rowcount
         if removed:
@@ -173,7 +167,6 @@ class StreamerState:
 
     def close(self) -> None:
         self._db.close()
-        self._writer.close()
 
     @staticmethod
     def _remember(cache: OrderedDict, key: object, value: object) -> None:
