@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from hdfs import InsecureClient
 from kafka import KafkaProducer
 
 from fedilake.contracts import Metric, Topics, TopicSpec
@@ -31,7 +30,7 @@ from fedilake.settings import (
 )
 from fedilake.stack.control import LocalStack
 from sinks.hbase import MetricStore, connect
-from sinks.lake import LakeWriter
+from sinks.lake import LakeWriter, webhdfs_client
 from streamer.delivery import COMPRESSION, make_producer
 from streamer.envelopes import wrap_event
 from streamer.generator import StatusGenerator
@@ -130,7 +129,7 @@ def run_skeleton_bench(events: int, out: Callable[[str], None]) -> int:
     initialize(kafka, hbase)
     connection = connect(hbase)
     store = MetricStore(connection)
-    lake = LakeWriter(InsecureClient(hdfs.webhdfs_url, user=hdfs.user), hdfs.lake_root)
+    lake = LakeWriter(webhdfs_client(hdfs), hdfs.lake_root)
     day = bench_day()
     seed = day.toordinal()
     out(f"benchmark: {events} events, event day {day}, seed {seed}")
@@ -266,7 +265,7 @@ def run_lake_bench(events: int, out: Callable[[str], None], hours: int = 1) -> i
     )
 
     run = uuid.uuid4().hex[:8]
-    client = InsecureClient(hdfs.webhdfs_url, user=hdfs.user)
+    client = webhdfs_client(hdfs)
     started = time.perf_counter()
     for n in range(0, events, flush_events):
         chunk = b"".join(p + b"\n" for p in payloads[n : n + flush_events])

@@ -239,10 +239,9 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 
 def cmd_lake(args: argparse.Namespace) -> int:
-    from hdfs import InsecureClient
-
     from fedilake.contracts import Topics
     from sinks.compactor import build_compactor
+    from sinks.lake import webhdfs_client
 
     hdfs = HdfsSettings()
     compactor = build_compactor(HdfsSinkSettings(), hdfs)
@@ -290,7 +289,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
         expired = compactor.expired_days(topic, args.days)
         # Tombstones last: a crash in between leaves tombstones, never statuses without theirs.
         tombstones = compactor.expired_tombstones(topic, args.days)
-        client = InsecureClient(hdfs.webhdfs_url, user=hdfs.user)
+        client = webhdfs_client(hdfs)
         for path in expired + tombstones:
             if args.apply:
                 client.delete(path, recursive=True)

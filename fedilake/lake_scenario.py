@@ -37,7 +37,7 @@ from fedilake.pipeline import spawn_cli
 from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings, StackSettings
 from fedilake.stack.control import LocalStack
 from sinks.compactor import build_compactor
-from sinks.lake import LakeWriter
+from sinks.lake import LakeWriter, webhdfs_client
 from streamer.delivery import make_producer
 
 
@@ -196,7 +196,7 @@ def run_lake_scenario(
     stack.up(["kafka", "namenode", "datanode"])
     kafka, hdfs = KafkaSettings(), HdfsSettings()
     ensure_topics(kafka)
-    client = InsecureClient(hdfs.webhdfs_url, user=hdfs.user)
+    client = webhdfs_client(hdfs)
     lake = LakeWriter(client, hdfs.lake_root)
     day = scenario_day(client, hdfs.lake_root)
     statuses = [status(day, n, scenario.events, scenario.hours) for n in range(scenario.events)]

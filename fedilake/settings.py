@@ -80,6 +80,12 @@ class HdfsSettings(BaseSettings):
     user: str = "fedilake"
     namenode: str = "hdfs://localhost:8020"
     lake_root: str = "/fedilake"
+    request_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="longest wait for a WebHDFS connection or answer: a hung request fails "
+        "and is retried instead of holding the sink (and its rebalances) forever",
+    )
 
 
 class SimulatorSettings(BaseSettings):

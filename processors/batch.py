@@ -31,6 +31,7 @@ from fedilake.stack.errors import StackError
 from fedilake.stack.services import java_command
 from fedilake.stack.tools import ensure_jars, find_java
 from sinks.hbase import MetricStore, connect
+from sinks.lake import webhdfs_client
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class HashtagRecount:
         self.hdfs = hdfs
         self.hbase = hbase
         self.batch = batch
-        self.client = InsecureClient(hdfs.webhdfs_url, user=hdfs.user)
+        self.client = webhdfs_client(hdfs)
 
     def run(self, day: date) -> BatchResult:
         started = time.monotonic()

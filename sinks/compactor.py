@@ -38,7 +38,7 @@ from .compaction import (
     tombstone_key,
     tombstone_of,
 )
-from .lake import LakeWriter, encode_part
+from .lake import LakeWriter, encode_part, webhdfs_client
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ class HourlyCompactor:
 
 def build_compactor(settings: HdfsSinkSettings, hdfs: HdfsSettings) -> HourlyCompactor:
     return HourlyCompactor(
-        InsecureClient(hdfs.webhdfs_url, user=hdfs.user),
+        webhdfs_client(hdfs),
         hdfs.lake_root,
         target_bytes=settings.compact_target_bytes,
         grace=timedelta(seconds=settings.close_grace_s),

@@ -80,6 +80,11 @@ class PartitionBuffer:
         return sum(len(line) + 1 for lines in self.by_hour.values() for line in lines)
 
 
+def webhdfs_client(hdfs: HdfsSettings) -> InsecureClient:
+    """The WebHDFS client every stage uses, with the configured request timeout."""
+    return InsecureClient(hdfs.webhdfs_url, user=hdfs.user, timeout=hdfs.request_timeout_s)
+
+
 def hour_of(moment: datetime) -> datetime:
     """The UTC hour an event-time instant falls in."""
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
@@ -543,5 +548,5 @@ def build_sink(
         max_poll_records=5000,
     )
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
-    client = InsecureClient(hdfs.webhdfs_url, user=hdfs.user)
+    client = webhdfs_client(hdfs)
     return HdfsLakeSink(settings, consumer, LakeWriter(client, hdfs.lake_root), producer)
