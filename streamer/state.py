@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 _SCHEMA = """
@@ -26,15 +25,6 @@ CREATE INDEX IF NOT EXISTS local_ids_at ON local_ids (at);
 """
 
 MEMORY_IDS = 200_000  # recent local ids answered from memory; older ones from SQLite
-
-
-@dataclass
-class Staged:
-    """Rows staged for one commit: identities seen, local ids, checkpoints."""
-
-    seen: list[tuple[str, float]]
-    ids: list[tuple[str, str, str, float]]
-    checkpoints: list[tuple[str, str]]
 
 
 class StreamerState:
@@ -113,46 +103,28 @@ class StreamerState:
 
     def commit(self, spool_seq: int) -> None:
         """Make everything staged durable, with the spool position it corresponds to."""
-        self.write(self.take_staged(), spool_seq)
-
-    def take_staged(self) -> Staged:
-        """What was staged since the last call, handed over for `write`."""
-        staged = Staged(
-            self._staged_seen,
-            self._staged_ids,
-            [(s, self._checkpoints[s]) for s in self._dirty_checkpoints],
-        )
-        self._staged_seen, self._staged_ids = [], []
-        self._dirty_checkpoints = set()
-        return staged
-
-    def restage(self, staged: Staged) -> None:
-        """Put back what a failed `write` did not store, so a later commit includes it
-        (a later commit's spool position must never pass over rows that are not stored)."""
-        self._staged_seen[:0] = staged.seen
-        self._staged_ids[:0] = staged.ids
-        for source, _ in staged.checkpoints:
-            self._dirty_checkpoints.add(source)
-
-    def write(self, staged: Staged, spool_seq: int) -> None:
-        """Store `staged` as corresponding to the spool up to `spool_seq`."""
         db = self._db
         db.execute("BEGIN")
         try:
-            if staged.seen:
-                db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", staged.seen)
-            if staged.ids:
-                db.executemany("INSERT OR REPLACE INTO local_ids VALUES (?, ?, ?, ?)", staged.ids)
+            if self._staged_seen:
+                db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", self._staged_seen)
+            if self._staged_ids:
+                db.executemany(
+                    "INSERT OR REPLACE INTO local_ids VALUES (?, ?, ?, ?)", self._staged_ids
+                )
             now = time.time()
             db.executemany(
                 "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
-                [(source, last_id, now) for source, last_id in staged.checkpoints],
+                [(s, self._checkpoints[s], now) for s in self._dirty_checkpoints],
             )
             db.execute("INSERT OR REPLACE INTO meta VALUES ('spool_seq', ?)", (str(spool_seq),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._staged_seen.clear()
+        self._staged_ids.clear()
+        self._dirty_checkpoints.clear()
 
     def expire(self) -> int:
         """Forget identities older than the dedup window; returns how many."""

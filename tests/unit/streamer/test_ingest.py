@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,19 +160,25 @@ def test_state_and_spool_agree_after_a_crash_between_fsync_and_commit(tmp_path: 
 def test_a_failed_state_commit_is_carried_into_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The commit runs outside the ingest lock on rows taken from the state; when it fails,
-    # the next commit, whose spool position covers them, must still store them.
+    # When a commit fails, the next one, whose spool position covers its rows, must still
+    # store them.
     ingestor = _open(tmp_path)
     ingestor.offer(A, _status("1", "https://a.example/s/1"))
-    write = ingestor.state.write
+    db = ingestor.state._db
 
-    def full_disk(*args: Any) -> None:
-        raise OSError("disk full")
+    class FullDisk:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(db, name)
 
-    monkeypatch.setattr(ingestor.state, "write", full_disk)
-    with pytest.raises(OSError):
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("database or disk is full")
+            return db.execute(sql, *args)
+
+    monkeypatch.setattr(ingestor.state, "_db", FullDisk())
+    with pytest.raises(sqlite3.OperationalError):
         ingestor.sync()
-    monkeypatch.setattr(ingestor.state, "write", write)
+    monkeypatch.setattr(ingestor.state, "_db", db)
     ingestor.offer(A, _status("2", "https://a.example/s/2"))
     ingestor.sync()
     ingestor.spool.close()
