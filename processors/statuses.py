@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from fedilake.contracts import Envelope, EventKind, Metric, MetricRow, parse_time
+from fedilake.contracts import Envelope, EventKind, Metric, MetricRow, compact_json, parse_time
 
 from .metrics import (
     AccountSnapshot,
@@ -77,7 +77,7 @@ class StatusRecord:
     # ------------------------------------------------------------------ storage
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
+        return compact_json(
             [
                 self.event_ms,
                 self.version_ms,

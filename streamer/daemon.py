@@ -56,8 +56,10 @@ class Streamer:
         self.drain_s = drain_s
         state_dir: Path = settings.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
+        # No tail cache: this process reads its spool only when it starts (`recover`); the
+        # sender process reads it from the files.
         self.spool = Spool(
-            state_dir / "spool", max_bytes=settings.spool_max_bytes, tail_cache_bytes=4 << 20
+            state_dir / "spool", max_bytes=settings.spool_max_bytes, tail_cache_bytes=0
         )
         self.state = StreamerState(state_dir / "state.sqlite3", settings.dedup_window_s)
         self.ingestor = Ingestor(

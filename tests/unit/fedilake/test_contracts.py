@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import tracemalloc
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -20,6 +21,7 @@ from fedilake.contracts import (
     MetricRow,
     PartFile,
     bucket_of,
+    compact_json,
     dead_letter_record,
     decode_count,
     encode_count,
@@ -376,3 +378,15 @@ def test_murmur2_and_key_placement_agree_with_kafka_python() -> None:
         )
     # Kafka's UtilsTest: murmur2("21") == -973932308, the same 32 bits.
     assert murmur2(b"21") == -973932308 & 0xFFFFFFFF
+
+
+def test_compact_json_holds_no_more_memory_than_its_bytes() -> None:
+    value = {"payload": "x" * 2500, "n": [1, 2, 3], "name": "é"}
+    assert json.loads(compact_json(value)) == value
+    tracemalloc.start()
+    try:
+        kept = [compact_json(value) for _ in range(100)]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 100 * (len(kept[0]) + 200)  # orjson's own buffers hold ~32 KB each
