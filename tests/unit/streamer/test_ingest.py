@@ -80,6 +80,42 @@ def test_a_delete_reaches_the_status_first_seen_through_another_instance(
     assert delete.kafka_key() == status.kafka_key()  # same partition, after the status
 
 
+def test_a_delete_finds_its_status_after_the_state_committed_and_reopened(
+    tmp_path: Path,
+) -> None:
+    uri = "https://a.example/users/bob/statuses/1"
+    first = _open(tmp_path)
+    first.offer(A, _status("100", uri))
+    first.offer(B, _status("555", uri))
+    first.sync()  # the local ids now live in SQLite only, not in memory
+    assert first.offer(B, StreamEvent("delete", b"555")) == "published"
+    first.close()
+    first.spool.close()
+    first.state.close()
+    again = _open(tmp_path)
+    try:
+        assert again.state.uri_of(A.instance_url, "100") == uri
+        assert again.state.uri_of(B.instance_url, "555") == uri
+        assert again.state.uri_of(B.instance_url, "556") is None
+    finally:
+        again.close()
+        again.spool.close()
+        again.state.close()
+
+
+def test_a_local_id_keeps_its_first_seen_time(tmp_path: Path) -> None:
+    state = StreamerState(tmp_path / "state.sqlite3", window_s=3600)
+    try:
+        state.map_id("https://a.example", "1", "https://a.example/s/1")
+        state.commit(0)
+        (first,) = state.recent_ids("https://a.example", 0)
+        state.map_id("https://a.example", "1", "https://a.example/s/1")  # seen again
+        state.commit(0)
+        assert state.recent_ids("https://a.example", 0) == [first]
+    finally:
+        state.close()
+
+
 def test_edits_are_published_once_per_version(ingestor: Ingestor) -> None:
     uri = "https://a.example/s/1"
     ingestor.offer(A, _status("1", uri))
