@@ -239,7 +239,7 @@ class _Status:
     reblog_of: _Status | None = None
     boosted: bool = False
     deleted: bool = False
-    seen_on: int = 0  # bit k: its `update` was written to a connection of instance k
+    seen_on: int = 0  # bit k: a connection of instance k got its `update`, or REST served it
     fresh: bool = False  # posted in the batch not yet dispatched
     edits: int = 0
     # The version the ground truth counts: the latest delivered; None once a delete was.
@@ -1659,6 +1659,10 @@ class SimulatorServer:
             wanted=wanted,
         )
         body = [self._present(status, inst.index) for _, status in page]
+        for _, status in page:
+            # The client now knows this instance's id of the status, so a delete sent here
+            # (which names only that id) can reach it even if no stream showed the status.
+            status.seen_on |= 1 << inst.index
         headers: dict[str, str] = {}
         links = []
         if page and len(page) == limit:  # Mastodon's `records_continue?`

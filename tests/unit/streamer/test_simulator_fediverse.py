@@ -317,6 +317,25 @@ def test_edits_and_deletes_never_written_do_not_count() -> None:
     asyncio.run(scenario())
 
 
+def test_a_timeline_page_teaches_the_client_the_ids_of_its_instance() -> None:
+    """A delete names the instance's local id only; a client that read the status from a
+    timeline page of that instance can resolve it, so the truth must count it as deliverable."""
+    settings = _settings(instances=2, federation_share=1.0, events=40)
+
+    async def scenario(server: SimulatorServer, session: aiohttp.ClientSession) -> None:
+        # Only instance 0 streams: every status reaches instance 1 too, unseen there.
+        await collect(session, f"{server.url}/api/v1/streaming/public", lambda: server.done)
+        statuses = server._recent
+        assert statuses and not any(s.seen_on >> 1 & 1 for s in statuses)
+        page = await _all_statuses(session, server.urls[1])
+        served = {s["uri"] for s in page}
+        assert served
+        for status in statuses:
+            assert bool(status.seen_on >> 1 & 1) is (status.uri in served)
+
+    _serve(settings, scenario)
+
+
 def test_boosts_wrap_an_earlier_status_and_count_no_hashtags() -> None:
     settings = _settings(events=300, reblog_share=0.2)
 
