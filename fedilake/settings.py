@@ -159,6 +159,12 @@ class StreamerSettings(BaseSettings):
         default=60.0, ge=0, description="re-read this much before a checkpoint (late federation)"
     )
     dedup_window_s: float = Field(default=48 * 3600.0, gt=0)
+    edit_hold_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="an edit found by a backfill waits this long for the stream to bring "
+        "the older edits first",
+    )
     max_event_bytes: int = Field(default=1 << 20, gt=0)
     spool_max_bytes: int = Field(default=1 << 30, gt=0)
     spool_sync_interval_s: float = Field(default=0.05, gt=0)

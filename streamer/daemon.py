@@ -63,7 +63,11 @@ class Streamer:
         )
         self.state = StreamerState(state_dir / "state.sqlite3", settings.dedup_window_s)
         self.ingestor = Ingestor(
-            self.spool, self.state, max_event_bytes=settings.max_event_bytes, optout_policy=policy
+            self.spool,
+            self.state,
+            max_event_bytes=settings.max_event_bytes,
+            optout_policy=policy,
+            edit_hold_s=settings.edit_hold_s,
         )
         self.kafka = kafka
         self.state_dir = state_dir

@@ -48,7 +48,7 @@ def wrap_event(
         status_id = str(parsed["id"])
         try:
             created_at = parse_time(str(parsed["created_at"]))
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, OverflowError) as exc:  # "0001-01-01T00:00+01:00"
             raise MalformedEvent(f"{event} status has no valid created_at: {exc}") from exc
     elif kind is EventKind.NOTIFICATION:
         parsed = _json_object(event, text)

@@ -22,6 +22,7 @@ from fedilake.contracts import (
     EventKind,
     Topics,
     dead_letter_record,
+    parse_time,
 )
 
 from .backfill import newer
@@ -53,12 +54,19 @@ class Ingestor:
         max_event_bytes: int,
         optout_policy: OptOutPolicy = OptOutPolicy.ANONYMIZE,
         spool_full_wait_s: float = 1.0,
+        edit_hold_s: float = 5.0,
     ) -> None:
         self.spool = spool
         self.state = state
         self.max_event_bytes = max_event_bytes
         self.optout_policy = optout_policy
         self.spool_full_wait_s = spool_full_wait_s
+        self.edit_hold_s = edit_hold_s
+        # Edits a backfill found, by uri: the source whose backfill found them (None: an
+        # earlier run), and when each goes out unless the stream settles it first; undated
+        # until that backfill is over, since its stream is read only then.
+        self._held_from: dict[str, str | None] = dict.fromkeys(state.held_edits())
+        self._held_due: dict[str, float | None] = dict.fromkeys(self._held_from)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._closed = False
@@ -103,7 +111,9 @@ class Ingestor:
             state.map_id(envelope.instance, envelope.status_id, envelope.uri)
         elif kind is EventKind.DELETE and envelope.status_id and not envelope.uri:
             envelope = replace(envelope, uri=state.uri_of(envelope.instance, envelope.status_id))
-        outcome = self._publish_locked(envelope, backfilled)
+        if self._held_due and envelope.uri in self._held_due:
+            self._settle_held_locked(envelope)
+        outcome = self._publish_locked(envelope, backfilled, source)
         # The checkpoint moves only once the event is dealt with: one that never reached
         # the spool (shutdown while the spool was full) is backfilled after a restart.
         if source is not None and envelope.event in _TIMELINE_EVENTS:
@@ -114,7 +124,9 @@ class Ingestor:
                 )
         return outcome
 
-    def _publish_locked(self, envelope: Envelope, backfilled: bool) -> str:
+    def _publish_locked(
+        self, envelope: Envelope, backfilled: bool, source: Source | None = None
+    ) -> str:
         state = self.state
         kind = envelope.kind
         key = identity_key(envelope)
@@ -129,6 +141,7 @@ class Ingestor:
             key = identity_key(envelope)
             if key is None or state.seen(key):
                 return "duplicate"
+            return self._hold_locked(envelope, str(edited_at), source)
         published = apply_optout(envelope, self.optout_policy)
         if published is None:
             if key is not None:
@@ -143,6 +156,92 @@ class Ingestor:
         for listener in self._published_listeners:
             listener(published)
         return "published"
+
+    # ------------------------------------------------------------------ held edits
+    #
+    # A listener opens its stream, then backfills. A status edited in between is fetched in
+    # its newest version while the stream still holds the older edits, so publishing the
+    # backfilled version at once would put the edits of that status out of order. It is
+    # held instead, and goes out just before the first later event of its status the
+    # stream brings (a newer edit, a delete), is dropped if the stream brings the same
+    # version, and goes out by itself `edit_hold_s` after the backfill that found it ended
+    # (when the listener starts reading its stream). Held edits are committed with the
+    # state, so neither a crash nor a shutdown loses them: the next run holds them again.
+
+    def _hold_locked(self, edit: Envelope, edited_at: str, source: Source | None) -> str:
+        assert edit.uri is not None  # identity_key gave an edit key, so it has a uri
+        held = self.state.held_edit(edit.uri)
+        if held is None or _edited(held[0]) <= _edited(edited_at):
+            self.state.hold_edit(edit.uri, edited_at, edit.to_bytes())
+        if edit.uri not in self._held_due:
+            self._held_due[edit.uri] = None
+            self._held_from[edit.uri] = source.name if source is not None else None
+        return "held"
+
+    def backfill_done(self, source: Source) -> None:
+        """The listener of `source` reads its stream now: the edits its backfill held (and
+        those of an earlier run) wait `edit_hold_s` more for the stream's older edits."""
+        with self._lock:
+            due = time.monotonic() + self.edit_hold_s
+            for uri, at in self._held_due.items():
+                if at is None and self._held_from.get(uri) in (source.name, None):
+                    self._held_due[uri] = due
+
+    def _settle_held_locked(self, arriving: Envelope) -> None:
+        uri = arriving.uri
+        assert uri is not None
+        held = self.state.held_edit(uri)
+        if held is None:
+            self._forget_held_locked(uri)
+            return
+        if arriving.kind is EventKind.EDIT:
+            theirs = arriving.payload_json.get("edited_at")
+            if not theirs:
+                return
+            if _edited(str(theirs)) < _edited(held[0]):
+                return  # an older edit, queued by the stream: it goes first
+            if _edited(str(theirs)) == _edited(held[0]):
+                self._drop_held_locked(uri)  # the stream brings this very version
+                return
+        elif arriving.kind is not EventKind.DELETE:
+            return
+        self._release_locked(uri)  # it predates what arrives: before it
+
+    def _release_locked(self, uri: str) -> None:
+        held = self.state.held_edit(uri)
+        if held is not None:
+            # Published before it is forgotten: a shutdown while the spool is full raises
+            # here, and the edit stays held for the next run.
+            self._publish_locked(Envelope.from_bytes(held[1]), backfilled=True)
+        self._drop_held_locked(uri)
+
+    def _drop_held_locked(self, uri: str) -> None:
+        self.state.release_edit(uri)
+        self._forget_held_locked(uri)
+
+    def _forget_held_locked(self, uri: str) -> None:
+        self._held_due.pop(uri, None)
+        self._held_from.pop(uri, None)
+
+    def release_held(self, everything: bool = False) -> int:
+        """Publish the held edits whose time is up (all of them with `everything`)."""
+        with self._lock:
+            if self._closed:
+                raise IngestClosed()
+            return self._release_due_locked(everything)
+
+    def _release_due_locked(self, everything: bool = False) -> int:
+        if not self._held_due:
+            return 0
+        now = time.monotonic()
+        due = [
+            uri
+            for uri, at in self._held_due.items()
+            if everything or (at is not None and at <= now)
+        ]
+        for uri in due:
+            self._release_locked(uri)
+        return len(due)
 
     def dead_letter(self, reason: str, original: bytes, where: str) -> None:
         log.warning("dead-lettering an event from %s: %s", where, reason)
@@ -191,6 +290,7 @@ class Ingestor:
         with self._lock:
             if self._closed:
                 raise IngestClosed()
+            self._release_due_locked()
             durable = self.spool.sync()
             self.state.commit(durable)
             if self.on_durable is not None:
@@ -286,11 +386,18 @@ class Ingestor:
             if self.failure is not None:
                 self._closed = True  # nothing more is trusted to become durable
                 return
-            durable = self.spool.sync()
+            durable = self.spool.sync()  # held edits stay held: they are in the state
             self.state.commit(durable)
             if self.on_durable is not None:
                 self.on_durable(durable)
             self._closed = True
+
+
+def _edited(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except (ValueError, OverflowError):
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _timeline_id(envelope: Envelope) -> str | None:

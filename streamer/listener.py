@@ -108,6 +108,7 @@ class StreamListener:
                 log.info("connected to %s", self.source)
                 backoff = 1.0
                 self._backfill_safely(token)
+                self.ingestor.backfill_done(self.source)  # held edits wait for the stream
                 self._read(self._connection)
             except (StreamAuthError, SourceConfigError, IngestClosed):
                 raise
@@ -152,19 +153,22 @@ class StreamListener:
             if checkpoint is None
             else self.backfiller.events(self.source, token, checkpoint, self.rate_limit)
         )
-        fetched = published = 0
+        fetched = published = held = 0
         for event in events:
             fetched += 1
-            if self.ingestor.offer(self.source, event, backfilled=True) == "published":
-                published += 1
+            outcome = self.ingestor.offer(self.source, event, backfilled=True)
+            published += outcome == "published"
+            held += outcome == "held"
         self.backfilled += published
         if fetched:
             log.info(
-                "backfilled %s from id %s: %d fetched, %d were missing",
+                "backfilled %s from id %s: %d fetched, %d were missing, %d edited (held "
+                "for the stream's older edits)",
                 self.source,
                 checkpoint or "(first start: the newest page)",
                 fetched,
                 published,
+                held,
             )
 
     def _read(self, connection: StreamConnection) -> None:

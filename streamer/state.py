@@ -22,6 +22,8 @@ CREATE TABLE IF NOT EXISTS local_ids (
 CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, last_id TEXT NOT NULL,
     at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS held_edits (uri TEXT PRIMARY KEY, edited_at TEXT NOT NULL,
+    envelope BLOB NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
 CREATE INDEX IF NOT EXISTS local_ids_at ON local_ids (at);
 """
@@ -74,7 +76,7 @@ class SeenFilter:
             newest = self._open(newest.count + newest.count // 2, now)
         newest.bloom.add(identity)
         newest.count += 1
-        newest.last_added_at = now
+        newest.last_added_at = max(newest.last_added_at, now)  # a clock set back
 
     def expire(self, cutoff: float) -> int:
         """Drop the generations whose every identity was added before `cutoff`."""
@@ -115,6 +117,13 @@ class StreamerState:
             self._db.execute("SELECT source, last_id FROM checkpoints").fetchall()
         )
         self._dirty_checkpoints: set[str] = set()
+        # Edits found by a backfill, waiting for the stream (see `Ingestor`): uri ->
+        # (edited_at, envelope bytes); committed with the checkpoints they came with.
+        self._held: dict[str, tuple[str, bytes]] = {
+            str(uri): (str(at), bytes(raw))
+            for uri, at, raw in self._db.execute("SELECT uri, edited_at, envelope FROM held_edits")
+        }
+        self._dirty_held: set[str] = set()
 
     # ------------------------------------------------------------------ reads
 
@@ -154,6 +163,12 @@ class StreamerState:
     def checkpoint(self, source: str) -> str | None:
         return self._checkpoints.get(source)
 
+    def held_edit(self, uri: str) -> tuple[str, bytes] | None:
+        return self._held.get(uri)
+
+    def held_edits(self) -> dict[str, tuple[str, bytes]]:
+        return dict(self._held)
+
     @property
     def spool_seq(self) -> int:
         row = self._db.execute("SELECT v FROM meta WHERE k = 'spool_seq'").fetchone()
@@ -174,14 +189,24 @@ class StreamerState:
         self._checkpoints[source] = last_id
         self._dirty_checkpoints.add(source)
 
+    def hold_edit(self, uri: str, edited_at: str, envelope: bytes) -> None:
+        self._held[uri] = (edited_at, envelope)
+        self._dirty_held.add(uri)
+
+    def release_edit(self, uri: str) -> None:
+        if self._held.pop(uri, None) is not None:
+            self._dirty_held.add(uri)
+
     def commit(self, spool_seq: int) -> None:
         """Make everything staged durable, with the spool position it corresponds to."""
         db = self._db
         db.execute("BEGIN")
         try:
             if self._staged_seen:
+                # A key published again (its old row had left the window) is young again.
                 db.executemany(
-                    "INSERT OR IGNORE INTO seen VALUES (?, ?)", self._staged_seen.items()
+                    "INSERT INTO seen VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET at = excluded.at",
+                    self._staged_seen.items(),
                 )
             if self._staged_ids:
                 db.executemany(
@@ -193,6 +218,12 @@ class StreamerState:
                 "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
                 [(s, self._checkpoints[s], now) for s in self._dirty_checkpoints],
             )
+            for uri in self._dirty_held:
+                held = self._held.get(uri)
+                if held is None:
+                    db.execute("DELETE FROM held_edits WHERE uri = ?", (uri,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO held_edits VALUES (?, ?, ?)", (uri, *held))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('spool_seq', ?)", (str(spool_seq),))
             db.execute("COMMIT")
         except BaseException:
@@ -201,6 +232,7 @@ class StreamerState:
         self._staged_seen.clear()
         self._staged_ids.clear()
         self._dirty_checkpoints.clear()
+        self._dirty_held.clear()
 
     def expire(self) -> int:
         """Forget identities older than the dedup window; returns how many."""

@@ -125,13 +125,123 @@ def test_edits_are_published_once_per_version(ingestor: Ingestor) -> None:
     assert ingestor.offer(B, edit) == "duplicate"
 
 
+def _edit(local_id: str, uri: str, edited_at: str) -> StreamEvent:
+    return StreamEvent("status.update", _status(local_id, uri, edited_at=edited_at).data)
+
+
+def _versions(ingestor: Ingestor) -> list[str]:
+    return [
+        e.kind.value
+        + (f"@{e.payload_json['edited_at'][14:16]}" if e.kind is EventKind.EDIT else "")
+        for e in _published(ingestor)
+    ]
+
+
 def test_a_backfilled_status_edited_during_the_gap_becomes_an_edit(ingestor: Ingestor) -> None:
     uri = "https://a.example/s/1"
     ingestor.offer(A, _status("1", uri))
     changed = _status("1", uri, edited_at="2026-11-23T10:05:00.000Z")
-    assert ingestor.offer(A, changed, backfilled=True) == "published"
+    assert ingestor.offer(A, changed, backfilled=True) == "held"
+    assert ingestor.offer(A, changed, backfilled=True) == "held"
+    assert _versions(ingestor) == ["status"]  # waiting for the stream
+    assert ingestor.release_held(everything=True) == 1
     assert ingestor.offer(A, changed, backfilled=True) == "duplicate"
-    assert [e.kind for e in _published(ingestor)] == [EventKind.STATUS, EventKind.EDIT]
+    assert _versions(ingestor) == ["status", "edit@05"]
+
+
+def test_a_held_edit_goes_out_by_itself_once_its_time_is_up(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    state = StreamerState(tmp_path / "state.sqlite3", window_s=3600)
+    ingestor = Ingestor(spool, state, max_event_bytes=4096, edit_hold_s=0.0)
+    uri = "https://a.example/s/1"
+    ingestor.offer(A, _status("1", uri))
+    changed = _status("1", uri, edited_at="2026-11-23T10:05:00.000Z")
+    assert ingestor.offer(A, changed, backfilled=True) == "held"
+    assert _versions(ingestor) == ["status"]  # the backfill goes on: the stream is unread
+    ingestor.backfill_done(B)
+    assert _versions(ingestor) == ["status"]  # another source's stream tells nothing
+    ingestor.backfill_done(A)
+    assert _versions(ingestor) == ["status", "edit@05"]  # the periodic sync released it
+    ingestor.close()
+    spool.close()
+    state.close()
+
+
+def test_older_edits_the_stream_held_go_out_before_the_backfilled_version(
+    ingestor: Ingestor,
+) -> None:
+    """Stream opened, status edited at :03 and :05, backfill fetched the :05 version, then the
+    stream's queued edits are read: Kafka gets :03 then :05, each once."""
+    uri = "https://a.example/s/1"
+    ingestor.offer(A, _status("1", uri))
+    changed = _status("1", uri, edited_at="2026-11-23T10:05:00.000Z")
+    assert ingestor.offer(A, changed, backfilled=True) == "held"
+    assert ingestor.offer(A, _edit("1", uri, "2026-11-23T10:03:00.000Z")) == "published"
+    assert ingestor.offer(A, _edit("1", uri, "2026-11-23T10:05:00.000Z")) == "published"
+    assert ingestor.release_held(everything=True) == 0  # the stream brought it
+    assert _versions(ingestor) == ["status", "edit@03", "edit@05"]
+
+
+def test_a_held_edit_goes_out_before_a_later_edit_or_a_delete(ingestor: Ingestor) -> None:
+    uri, other = "https://a.example/s/1", "https://a.example/s/2"
+    ingestor.offer(A, _status("1", uri))
+    ingestor.offer(A, _status("2", other))
+    ingestor.offer(A, _status("1", uri, edited_at="2026-11-23T10:05:00.000Z"), backfilled=True)
+    ingestor.offer(A, _status("2", other, edited_at="2026-11-23T10:06:00.000Z"), backfilled=True)
+    assert ingestor.offer(A, _edit("1", uri, "2026-11-23T10:07:00.000Z")) == "published"
+    assert ingestor.offer(A, StreamEvent("delete", b"2")) == "published"
+    assert _versions(ingestor) == ["status", "status", "edit@05", "edit@07", "edit@06", "delete"]
+
+
+def test_held_edits_stay_held_across_a_shutdown(tmp_path: Path) -> None:
+    uri = "https://a.example/s/1"
+    first = _open(tmp_path)
+    first.offer(A, _status("1", uri))
+    first.offer(A, _status("1", uri, edited_at="2026-11-23T10:05:00.000Z"), backfilled=True)
+    first.close()  # no stream will settle it now, but the next run's will
+    first.spool.close()
+    first.state.close()
+    again = _open(tmp_path)
+    try:
+        assert _versions(again) == ["status"]
+        assert again.offer(A, _edit("1", uri, "2026-11-23T10:05:00.000Z")) == "published"
+        assert again.release_held(everything=True) == 0
+        assert _versions(again) == ["status", "edit@05"]
+    finally:
+        again.close()
+        again.spool.close()
+        again.state.close()
+
+
+def test_an_edit_with_an_absurd_time_beside_a_held_one_is_still_taken(
+    ingestor: Ingestor,
+) -> None:
+    uri = "https://a.example/s/1"
+    ingestor.offer(A, _status("1", uri))
+    ingestor.offer(A, _status("1", uri, edited_at="2026-11-23T10:05:00.000Z"), backfilled=True)
+    odd = _edit("1", uri, "0001-01-01T00:00:00+01:00")  # out of datetime's range in UTC
+    assert ingestor.offer(A, odd) == "published"
+    bad_created = _status("2", "https://a.example/s/2", created_at="0001-01-01T00:00:00+01:00")
+    assert ingestor.offer(A, bad_created) == "dead-lettered"
+
+
+def test_held_edits_survive_a_crash(tmp_path: Path) -> None:
+    uri = "https://a.example/s/1"
+    first = _open(tmp_path)
+    first.offer(A, _status("1", uri))
+    first.offer(A, _status("1", uri, edited_at="2026-11-23T10:05:00.000Z"), backfilled=True)
+    first.sync()  # committed with the state; then the process dies (no close)
+    first.spool.close()
+    first.state.close()
+    again = _open(tmp_path)
+    try:
+        assert again.offer(A, _edit("1", uri, "2026-11-23T10:04:00.000Z")) == "published"
+        assert again.release_held(everything=True) == 1
+        assert _versions(again) == ["status", "edit@04", "edit@05"]
+    finally:
+        again.close()
+        again.spool.close()
+        again.state.close()
 
 
 def test_checkpoints_follow_the_newest_timeline_id(ingestor: Ingestor) -> None:

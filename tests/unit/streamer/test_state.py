@@ -69,3 +69,27 @@ def test_a_false_maybe_of_the_filter_is_settled_by_sqlite(tmp_path: Path) -> Non
         assert not any(state.seen(key) for key in keys[1500:])
     finally:
         state.close()
+
+
+def test_a_generation_is_kept_when_the_clock_is_set_back() -> None:
+    seen = SeenFilter(window_s=10.0, now=0.0)
+    seen.add(1, 5.0)
+    seen.add(2, 11.0)  # a new generation
+    seen.add(3, 9.0)  # the clock went back: 3 lands in the new generation, at 11
+    assert seen.expire(cutoff=10.0) == 1
+    assert 2 in seen and 3 in seen
+
+
+def test_a_key_seen_again_after_its_window_is_young_again(tmp_path: Path) -> None:
+    state = StreamerState(tmp_path / "state.sqlite3", window_s=3600)
+    try:
+        key = "status\0https://a.example/s/1"
+        state.mark_seen(key)
+        state.commit(1)
+        state._db.execute("UPDATE seen SET at = 0")  # as if published long ago
+        state.mark_seen(key)
+        state.commit(2)
+        (at,) = state._db.execute("SELECT at FROM seen").fetchone()
+        assert at > 0
+    finally:
+        state.close()
