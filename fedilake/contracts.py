@@ -582,6 +582,7 @@ def tombstone_dir(topic: str, root: str = LAKE_ROOT) -> str:
 
 SUCCESS_MARKER = "_SUCCESS"
 COMPACTION_MANIFEST = "_compaction.json"
+STATUS_INDEX = "_statuses"  # a compacted hour's statuses, hashed: which deletes concern it
 
 
 def raw_day_dir(topic: str, day: date, root: str = LAKE_ROOT) -> str:

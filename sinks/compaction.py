@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from fedilake.contracts import Envelope, EnvelopeError, EventKind, PartFile, part_file_name
 
@@ -87,22 +88,90 @@ def lake_watermark(
 STATE_MARKER_PREFIX = "_compacted-"
 
 
-def compaction_state(part_names: Iterable[str], tombstone_key: str) -> str:
-    """Names the state an hour was compacted in: its part files and the tombstones applied.
+def compaction_state(part_names: Iterable[str]) -> str:
+    """Names the part files an hour was compacted into.
 
     Kept as the name of an empty marker file, so one directory listing tells whether a late
-    file or a new delete arrived since (HDFS keeps a file's time across a rename, so times
-    cannot tell).
+    file arrived since (HDFS keeps a file's time across a rename, so times cannot tell).
+    Which deletes the hour has seen is in its `_SUCCESS` (`tombstones`, a frontier).
     """
     digest = hashlib.sha256()
     for name in sorted(part_names):
         digest.update(name.encode() + b"\n")
-    digest.update(tombstone_key.encode())
     return STATE_MARKER_PREFIX + digest.hexdigest()[:20]
 
 
-def tombstone_key(tombstone_files: Iterable[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(tombstone_files)).encode()).hexdigest()[:20]
+# Per partition of the topic, the last offset of the newest tombstone file seen.
+TombstoneFrontier = dict[int, int]
+
+
+def tombstone_frontier(names: Iterable[str]) -> TombstoneFrontier:
+    """How far the tombstone files named go. A partition's files appear in offset order
+    (the sink lands one flush at a time), so a file past an hour's frontier is one the
+    hour has not been checked against."""
+    frontier: TombstoneFrontier = {}
+    for name in names:
+        part = PartFile.parse(name)
+        if part is not None:
+            frontier[part.partition] = max(frontier.get(part.partition, -1), part.last_offset)
+    return frontier
+
+
+def tombstones_beyond(names: Iterable[str], applied: Mapping[int, int]) -> list[str]:
+    """The tombstone files an hour checked up to `applied` has not seen."""
+    return [
+        name
+        for name in names
+        if (part := PartFile.parse(name)) is not None
+        and part.last_offset > applied.get(part.partition, -1)
+    ]
+
+
+def covers(applied: Mapping[int, int], frontier: Mapping[int, int]) -> bool:
+    return all(applied.get(p, -1) >= last for p, last in frontier.items())
+
+
+def frontier_doc(frontier: Mapping[int, int]) -> dict[str, int]:
+    return {str(p): last for p, last in sorted(frontier.items())}
+
+
+def frontier_of(doc: Mapping[str, Any] | None) -> TombstoneFrontier | None:
+    """The frontier kept in a `_SUCCESS`; None when it has none (written before it had)."""
+    found = (doc or {}).get("tombstones")
+    if not isinstance(found, dict):
+        return None
+    try:
+        return {int(p): int(last) for p, last in found.items()}
+    except (TypeError, ValueError):
+        return None
+
+
+_KEY_BYTES = 8
+
+
+def _index_key(kind: bytes, *parts: str) -> bytes:
+    text = kind + b"\0" + "\0".join(parts).encode()
+    return hashlib.blake2b(text, digest_size=_KEY_BYTES).digest()
+
+
+def status_keys(uri: str | None, instance: str | None, status_id: str | None) -> list[bytes]:
+    """What a delete may name a stored status by: its uri, or its instance-local id."""
+    keys = []
+    if uri:
+        keys.append(_index_key(b"uri", uri))
+    if instance and status_id:
+        keys.append(_index_key(b"id", instance, status_id))
+    return keys
+
+
+def encode_status_index(keys: Iterable[bytes]) -> bytes:
+    """8-byte hashes, sorted: ~16 bytes a status (uri and local id). A collision only
+    makes compaction read an hour it did not need to."""
+    return b"".join(sorted(set(keys)))
+
+
+def decode_status_index(data: bytes) -> set[bytes]:
+    return {data[i : i + _KEY_BYTES] for i in range(0, len(data) - _KEY_BYTES + 1, _KEY_BYTES)}
 
 
 @dataclass(frozen=True)
@@ -143,14 +212,28 @@ class DeletedStatuses:
 
     def removes(self, line: bytes) -> bool:
         """True for a status or edit whose status was deleted; deletes themselves are kept."""
-        if not self.local_ids:
-            return False
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            return False
-        if doc.get("kind") not in (EventKind.STATUS.value, EventKind.EDIT.value):
-            return False
-        if doc.get("uri") in self.uris:
-            return True
-        return (doc.get("instance"), doc.get("status_id")) in self.local_ids
+        found = stored_status(line) if self.local_ids else None
+        return found is not None and self.removes_status(*found)
+
+    def removes_status(self, uri: str | None, instance: str | None, status_id: str | None) -> bool:
+        return uri in self.uris or (instance, status_id) in self.local_ids
+
+    def index_keys(self) -> set[bytes]:
+        """The `status_keys` of every status these deletes name."""
+        keys = {_index_key(b"uri", uri) for uri in self.uris}
+        keys.update(_index_key(b"id", instance, local) for instance, local in self.local_ids)
+        return keys
+
+
+def stored_status(line: bytes) -> tuple[str | None, str | None, str | None] | None:
+    """(uri, instance, instance-local id) of a status or edit line; None for other lines."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("kind") not in (
+        EventKind.STATUS.value,
+        EventKind.EDIT.value,
+    ):
+        return None
+    return doc.get("uri"), doc.get("instance"), doc.get("status_id")

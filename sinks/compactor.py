@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from hdfs import HdfsError, InsecureClient
 
 from fedilake.contracts import (
     COMPACTION_MANIFEST,
+    STATUS_INDEX,
     SUCCESS_MARKER,
     PartFile,
     parse_time,
@@ -31,12 +34,22 @@ from .compaction import (
     STATE_MARKER_PREFIX,
     DeletedStatuses,
     LakeFile,
+    Tombstone,
+    TombstoneFrontier,
     closed_hours,
     compaction_state,
+    covers,
+    decode_status_index,
+    encode_status_index,
+    frontier_doc,
+    frontier_of,
     lake_watermark,
     plan_merges,
-    tombstone_key,
+    status_keys,
+    stored_status,
+    tombstone_frontier,
     tombstone_of,
+    tombstones_beyond,
 )
 from .lake import LakeWriter, encode_part, webhdfs_client
 
@@ -91,6 +104,9 @@ class HourlyCompactor:
         self.grace = grace
         self.idle = idle
         self.writer = LakeWriter(client, root)
+        self._tombstones_read: dict[str, list[Tombstone]] = {}  # tombstone files, this run
+        # Per hour directory: the (time, size) of the `_SUCCESS` read, and its frontier.
+        self._success_read: dict[str, tuple[tuple[int, int], TombstoneFrontier | None]] = {}
 
     # ------------------------------------------------------------------ reading the lake
 
@@ -142,60 +158,139 @@ class HourlyCompactor:
             return []
         return sorted(n for n in self.client.list(directory) if PartFile.parse(n) is not None)
 
-    def deleted_statuses(self, topic: str) -> tuple[DeletedStatuses, str]:
-        """Every tombstone of the topic, and the key naming that set of tombstone files."""
+    def deleted_statuses(self, topic: str, names: Iterable[str]) -> DeletedStatuses:
+        """The statuses the tombstone files `names` delete (read once per file and run)."""
         deleted = DeletedStatuses()
-        names = self.tombstone_files(topic)
         for name in names:
-            for line in self.writer.read_lines(f"{tombstone_dir(topic, self.root)}/{name}"):
-                tombstone = tombstone_of(line)
-                if tombstone is not None:
-                    deleted.add(tombstone)
-        return deleted, tombstone_key(names)
+            tombstones = self._tombstones_read.get(name)
+            if tombstones is None:
+                tombstones = [
+                    t
+                    for line in self.writer.read_lines(f"{tombstone_dir(topic, self.root)}/{name}")
+                    if (t := tombstone_of(line)) is not None
+                ]
+                self._tombstones_read[name] = tombstones
+            for tombstone in tombstones:
+                deleted.add(tombstone)
+        return deleted
 
     # ------------------------------------------------------------------ compaction
 
     def run(self, topic: str, now: datetime | None = None) -> list[CompactionResult]:
-        """Compact every closed hour of `topic` that is not compacted yet (or changed since)."""
+        """Compact every closed hour of `topic` that is not compacted yet, got a late file,
+        or holds a status a new delete names.
+
+        A new tombstone file is checked against each compacted hour's `_statuses` index
+        (hashes of its statuses' uris and local ids), so only the hours it concerns are
+        read and rewritten; the others only record that they have seen it.
+        """
         now = now or datetime.now(UTC)
         watermark = self.watermark(topic, now)
-        deleted, key = self.deleted_statuses(topic)
+        names = self.tombstone_files(topic)
+        frontier = tombstone_frontier(names)
+        self._tombstones_read = {}
         results = []
-        for hour in closed_hours(self.hours(topic), watermark, self.grace):
-            directory = raw_hour_dir(topic, hour, self.root)
-            _files, listing = self.part_files(directory)
-            if self._is_current(listing, key):
-                continue
-            result = self.compact_hour(topic, hour, deleted, key)
-            if result is not None:
-                results.append(result)
+        try:
+            for hour in closed_hours(self.hours(topic), watermark, self.grace):
+                result = self._close_hour(topic, hour, names, frontier)
+                if result is not None:
+                    results.append(result)
+        finally:
+            self._tombstones_read = {}
         return results
 
-    @staticmethod
-    def _is_current(listing: dict[str, dict[str, int]], key: str) -> bool:
-        """Compacted, and neither a late file nor a new tombstone arrived since."""
+    def _close_hour(
+        self, topic: str, hour: datetime, names: list[str], frontier: TombstoneFrontier
+    ) -> CompactionResult | None:
+        directory = raw_hour_dir(topic, hour, self.root)
+        _files, listing = self.part_files(directory)
+        applied = self._applied(directory, listing)
+        if applied is None:  # never compacted, a late file, or a compaction cut short
+            return self.compact_hour(topic, hour, self.deleted_statuses(topic, names), frontier)
+        new = tombstones_beyond(names, applied)
+        if not new:
+            return None
+        deleted = self.deleted_statuses(topic, new)
+        index = self._status_index(directory, listing)
+        if index is None or not deleted.index_keys().isdisjoint(index):
+            return self.compact_hour(topic, hour, deleted, frontier)
+        self._record_applied(directory, frontier)
+        return None
+
+    def _applied(
+        self, directory: str, listing: dict[str, dict[str, int]]
+    ) -> TombstoneFrontier | None:
+        """The tombstone frontier a compacted hour has seen; None if it must be compacted
+        (whatever the tombstones): not yet, or files changed since."""
         if SUCCESS_MARKER not in listing or COMPACTION_MANIFEST in listing:
-            return False
+            return None
         parts = [name for name in listing if PartFile.parse(name) is not None]
-        return compaction_state(parts, key) in listing
+        if compaction_state(parts) not in listing:
+            return None
+        meta = listing[SUCCESS_MARKER]
+        stamp = (int(meta.get("modificationTime", 0)), int(meta.get("length", 0)))
+        cached = self._success_read.get(directory)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]  # every run lists each closed hour; its `_SUCCESS` rarely changes
+        with self.client.read(f"{directory}/{SUCCESS_MARKER}") as reader:
+            try:
+                success = json.loads(reader.read() or b"{}")
+            except ValueError:
+                return None
+        applied = frontier_of(success if isinstance(success, dict) else None)
+        self._success_read[directory] = (stamp, applied)
+        return applied
+
+    def _is_current(
+        self, directory: str, listing: dict[str, dict[str, int]], frontier: TombstoneFrontier
+    ) -> bool:
+        """Compacted, and neither a late file nor an unchecked tombstone arrived since."""
+        applied = self._applied(directory, listing)
+        return applied is not None and covers(applied, frontier)
+
+    def _status_index(
+        self, directory: str, listing: dict[str, dict[str, int]]
+    ) -> set[bytes] | None:
+        if STATUS_INDEX not in listing:
+            return None
+        with self.client.read(f"{directory}/{STATUS_INDEX}") as reader:
+            return decode_status_index(reader.read())
+
+    def _record_applied(self, directory: str, frontier: TombstoneFrontier) -> None:
+        """The hour has been checked against every tombstone up to `frontier`."""
+        path = f"{directory}/{SUCCESS_MARKER}"
+        with self.client.read(path) as reader:
+            success = json.loads(reader.read() or b"{}")
+        success["tombstones"] = frontier_doc(frontier)
+        self.writer.write_atomically(path, json.dumps(success).encode())
 
     def compact_hour(
-        self, topic: str, hour: datetime, deleted: DeletedStatuses, key: str
+        self, topic: str, hour: datetime, deleted: DeletedStatuses, frontier: TombstoneFrontier
     ) -> CompactionResult | None:
+        """Merge the hour's files, leaving out what `deleted` names (the deletes up to
+        `frontier`, or only those beyond what the hour had seen)."""
         directory = raw_hour_dir(topic, hour, self.root)
         manifest_path = f"{directory}/{COMPACTION_MANIFEST}"
         if self.client.status(manifest_path, strict=False) is not None:
-            self._roll_forward(directory, manifest_path, key)
+            self._roll_forward(directory, manifest_path, frontier)
         files, _listing = self.part_files(directory)
         if not files:
             return None
         steps = []
         events = dropped = 0
+        keys: list[bytes] = []
         for step in plan_merges(files, self.target_bytes):
             lines: list[bytes] = []
             for source in step.sources:  # offset order: plan_merges sorts them
                 lines.extend(self.writer.read_lines(f"{directory}/{source}"))
-            kept = [line for line in lines if not deleted.removes(line)]
+            kept = []
+            for line in lines:
+                status = stored_status(line)
+                if status is not None:
+                    if deleted.removes_status(*status):
+                        continue
+                    keys.extend(status_keys(*status))
+                kept.append(line)
             events += len(kept)
             dropped += len(lines) - len(kept)
             if len(step.sources) == 1 and len(kept) == len(lines):
@@ -204,7 +299,7 @@ class HourlyCompactor:
             self.client.write(temp, data=encode_part(kept), overwrite=True)
             steps.append({"temp": temp, "output": step.output, "sources": list(step.sources)})
         self.writer.write_atomically(manifest_path, json.dumps({"steps": steps}).encode())
-        self._roll_forward(directory, manifest_path, key, events)
+        self._roll_forward(directory, manifest_path, frontier, events, encode_status_index(keys))
         files_after, _ = self.part_files(directory)
         log.info(
             "compacted %s %s: %d -> %d files, %d events, %d deleted",
@@ -218,7 +313,12 @@ class HourlyCompactor:
         return CompactionResult(hour, len(files), len(files_after), events, dropped)
 
     def _roll_forward(
-        self, directory: str, manifest_path: str, key: str, events: int | None = None
+        self,
+        directory: str,
+        manifest_path: str,
+        frontier: TombstoneFrontier,
+        events: int | None = None,
+        index: bytes | None = None,
     ) -> None:
         with self.client.read(manifest_path) as reader:
             manifest = json.loads(reader.read())
@@ -229,16 +329,26 @@ class HourlyCompactor:
                 self.client.delete(f"{directory}/{source}")
             self.client.rename(step["temp"], f"{directory}/{step['output']}")
         files, listing = self.part_files(directory)
-        if events is None:  # rolled forward after a crash: count what is there now
+        if events is None or index is None:
+            # Rolled forward after a crash: count what is there now. Which deletes the cut
+            # short run applied, and which statuses are left, is not known: no frontier and
+            # no index, so the hour is compacted whole (`compact_hour` goes on to do it).
             events = sum(len(self.writer.read_lines(f"{directory}/{f.name}")) for f in files)
-        success = {"events": events, "files": len(files), "bytes": sum(f.size for f in files)}
+            success: dict[str, Any] = {"events": events}
+            if STATUS_INDEX in listing:
+                self.client.delete(f"{directory}/{STATUS_INDEX}")
+        else:
+            # The index first: a `_SUCCESS` with a frontier vouches for it.
+            self.writer.write_atomically(f"{directory}/{STATUS_INDEX}", index)
+            success = {"events": events, "tombstones": frontier_doc(frontier)}
+        success.update(files=len(files), bytes=sum(f.size for f in files))
         self.client.write(
             f"{directory}/{SUCCESS_MARKER}", data=json.dumps(success).encode(), overwrite=True
         )
         for name in listing:
             if name.startswith(STATE_MARKER_PREFIX):
                 self.client.delete(f"{directory}/{name}")
-        state = compaction_state([f.name for f in files], key)
+        state = compaction_state([f.name for f in files])
         self.client.write(f"{directory}/{state}", data=b"", overwrite=True)
         self.client.delete(manifest_path)
 
@@ -249,12 +359,13 @@ class HourlyCompactor:
         self.run(topic, now)
         watermark = self.watermark(topic, now)
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        key = tombstone_key(self.tombstone_files(topic))
+        frontier = tombstone_frontier(self.tombstone_files(topic))
         open_hours = []
         for hour in self.hours(topic):
             if start <= hour < start + timedelta(days=1):
-                _files, listing = self.part_files(raw_hour_dir(topic, hour, self.root))
-                if not self._is_current(listing, key):
+                directory = raw_hour_dir(topic, hour, self.root)
+                _files, listing = self.part_files(directory)
+                if not self._is_current(directory, listing, frontier):
                     open_hours.append(hour)
         day_over = start + timedelta(days=1) + self.grace <= watermark
         return DayClosure(day, day_over and not open_hours, watermark, tuple(open_hours))
@@ -264,13 +375,14 @@ class HourlyCompactor:
     def summaries(self, topic: str, now: datetime | None = None) -> list[HourSummary]:
         now = now or datetime.now(UTC)
         closed = set(closed_hours(self.hours(topic), self.watermark(topic, now), self.grace))
-        key = tombstone_key(self.tombstone_files(topic))
+        frontier = tombstone_frontier(self.tombstone_files(topic))
         result = []
         for hour in self.hours(topic):
             directory = raw_hour_dir(topic, hour, self.root)
             files, listing = self.part_files(directory)
             events: int | None = None
-            if self._is_current(listing, key):
+            current = self._is_current(directory, listing, frontier)
+            if current:
                 with self.client.read(f"{directory}/{SUCCESS_MARKER}") as reader:
                     events = json.loads(reader.read() or b"{}").get("events")
             if events is None:
@@ -282,7 +394,7 @@ class HourlyCompactor:
                     len(files),
                     sum(f.size for f in files),
                     events,
-                    hour in closed and self._is_current(listing, key),
+                    hour in closed and current,
                 )
             )
         return result

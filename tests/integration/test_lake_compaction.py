@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -113,3 +115,35 @@ def test_compaction_rolls_forward_and_reopens_for_late_files_and_deletes(stack: 
     )
     [summary] = [s for s in compactor.summaries(topic, now=LATER) if s.hour == HOUR]
     assert summary.closed and summary.files == 2
+
+
+def test_a_new_delete_reopens_only_the_hour_of_its_status(stack: LocalStack) -> None:
+    topic = f"compact-{uuid.uuid4().hex[:8]}"
+    client = InsecureClient(HdfsSettings().webhdfs_url, user="fedilake")
+    writer = LakeWriter(client, "/fedilake")
+    compactor = HourlyCompactor(client, "/fedilake", target_bytes=1 << 20)
+    seven, eight, nine = (HOUR + timedelta(hours=h) for h in range(3))
+    flush(writer, topic, 0, 0, [status(k) for k in range(5)])  # 07:00
+    flush(writer, topic, 0, 5, [replace(status(k), created_at=eight) for k in range(10, 15)])
+    assert {r.hour for r in compactor.run(topic, now=LATER)} == {seven, eight}
+    assert compactor.run(topic, now=LATER) == []
+
+    def later_delete(n: int) -> Envelope:  # received, and so landed, in the 09:00 hour
+        return replace(delete(n), received_at=nine)
+
+    flush(writer, topic, 1, 0, [later_delete(2)])
+    results = {r.hour: r for r in compactor.run(topic, now=LATER)}
+    assert set(results) == {seven, nine}  # 08:00 holds no status of it: not read again
+    assert results[seven].dropped == 1
+    eight_dir = f"/fedilake/raw/{topic}/dt=2023-05-06/hr=08"
+    with client.read(f"{eight_dir}/{SUCCESS_MARKER}") as reader:
+        assert json.loads(reader.read())["tombstones"] == {"1": 0}  # checked against it
+
+    flush(writer, topic, 1, 1, [later_delete(12)])
+    results = {r.hour: r for r in compactor.run(topic, now=LATER)}
+    assert set(results) == {eight, nine}  # 07:00 is left alone this time
+    assert results[eight].dropped == 1
+    assert compactor.run(topic, now=LATER) == []
+    closure = compactor.close_day(topic, HOUR.date(), now=LATER)
+    assert closure.closed and not closure.open_hours
+    assert uris(client, eight_dir) == sorted(f"https://c.example/s/{n}" for n in (10, 11, 13, 14))

@@ -6,13 +6,24 @@ from datetime import UTC, datetime, timedelta
 
 from fedilake.contracts import Envelope, EventKind, PartFile, part_file_name
 from sinks.compaction import (
+    STATE_MARKER_PREFIX,
     DeletedStatuses,
     LakeFile,
     Tombstone,
     closed_hours,
+    compaction_state,
+    covers,
+    decode_status_index,
+    encode_status_index,
+    frontier_doc,
+    frontier_of,
     lake_watermark,
     plan_merges,
+    status_keys,
+    stored_status,
+    tombstone_frontier,
     tombstone_of,
+    tombstones_beyond,
 )
 
 T = "fedilake.events"
@@ -93,13 +104,42 @@ def test_deletes_remove_statuses_by_local_id_or_uri_and_keep_themselves() -> Non
     assert tombstone_of(b"not json") is None
 
 
-def test_the_compaction_state_changes_with_a_late_file_or_a_new_tombstone() -> None:
-    from sinks.compaction import STATE_MARKER_PREFIX, compaction_state, tombstone_key
-
+def test_the_compaction_state_changes_with_a_late_file() -> None:
     files = [part_file_name(T, 0, 0, 9), part_file_name(T, 1, 0, 9)]
-    key = tombstone_key(["a", "b"])
-    state = compaction_state(files, key)
+    state = compaction_state(files)
     assert state.startswith(STATE_MARKER_PREFIX)
-    assert compaction_state(list(reversed(files)), tombstone_key(["b", "a"])) == state
-    assert compaction_state([*files, part_file_name(T, 0, 10, 12)], key) != state
-    assert compaction_state(files, tombstone_key(["a", "b", "c"])) != state
+    assert compaction_state(list(reversed(files))) == state
+    assert compaction_state([*files, part_file_name(T, 0, 10, 12)]) != state
+
+
+def test_an_hour_sees_only_the_tombstone_files_past_its_frontier() -> None:
+    names = [part_file_name(T, 0, 0, 9), part_file_name(T, 0, 10, 19), part_file_name(T, 2, 5, 7)]
+    frontier = tombstone_frontier(names)
+    assert frontier == {0: 19, 2: 7}
+    assert tombstones_beyond(names, frontier) == []
+    assert tombstones_beyond(names, {0: 9}) == [names[1], names[2]]
+    assert covers({0: 19, 2: 7, 3: 1}, frontier) and not covers({0: 19}, frontier)
+    assert frontier_of({"events": 3, "tombstones": frontier_doc(frontier)}) == frontier
+    assert frontier_of({"events": 3}) is None  # compacted before frontiers: compact again
+    assert frontier_of({"tombstones": {"x": 1}}) is None
+
+
+def test_the_status_index_tells_which_deletes_concern_an_hour() -> None:
+    lines = [
+        envelope(EventKind.STATUS, "7", "https://a.example/s/7"),
+        envelope(EventKind.EDIT, "8", "https://a.example/s/8"),
+        envelope(EventKind.DELETE, "9", None),
+    ]
+    found = [stored_status(line) for line in lines]
+    assert found[2] is None
+    index = decode_status_index(
+        encode_status_index(k for status in found if status for k in status_keys(*status))
+    )
+    assert len(index) == 4  # uri and local id of two statuses
+    by_id = DeletedStatuses([Tombstone("https://a.example", "7", None)])
+    by_uri = DeletedStatuses([Tombstone("https://b.example", "1", "https://a.example/s/8")])
+    elsewhere = DeletedStatuses([Tombstone("https://a.example", "70", "https://a.example/s/70")])
+    assert not by_id.index_keys().isdisjoint(index)
+    assert not by_uri.index_keys().isdisjoint(index)
+    assert elsewhere.index_keys().isdisjoint(index)
+    assert decode_status_index(b"") == set()
