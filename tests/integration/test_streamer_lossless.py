@@ -33,7 +33,10 @@ def test_three_instances_with_drops_stalls_bad_input_and_a_kafka_stop(
     )
     verdict = run_streamer_scenario(scenario, tmp_path, print)
     assert verdict.exact, verdict.summary()
-    assert verdict.expected >= 3000 and verdict.dead_letters == 15  # 3 rounds x (4 + 1 garbage)
+    # An edit or delete the simulator wrote only to connections that then dropped reached
+    # no one and is not expected (timing decides how many: 0 or 1 here); all the rest is.
+    assert verdict.expected >= 2990
+    assert verdict.dead_letters == 15  # 3 rounds x (4 + 1 garbage)
 
 
 def test_kill_9_of_the_streamer_loses_and_duplicates_nothing(
