@@ -157,9 +157,9 @@ def _index_key(kind: bytes, *parts: str) -> bytes:
 def status_keys(uri: str | None, instance: str | None, status_id: str | None) -> list[bytes]:
     """What a delete may name a stored status by: its uri, or its instance-local id."""
     keys = []
-    if uri:
+    if uri is not None:
         keys.append(_index_key(b"uri", uri))
-    if instance and status_id:
+    if instance is not None and status_id is not None:
         keys.append(_index_key(b"id", instance, status_id))
     return keys
 
@@ -170,8 +170,11 @@ def encode_status_index(keys: Iterable[bytes]) -> bytes:
     return b"".join(sorted(set(keys)))
 
 
-def decode_status_index(data: bytes) -> set[bytes]:
-    return {data[i : i + _KEY_BYTES] for i in range(0, len(data) - _KEY_BYTES + 1, _KEY_BYTES)}
+def decode_status_index(data: bytes) -> set[bytes] | None:
+    """The keys of an index; None if it is not whole (its hour is compacted again)."""
+    if len(data) % _KEY_BYTES:
+        return None
+    return {data[i : i + _KEY_BYTES] for i in range(0, len(data), _KEY_BYTES)}
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,11 @@ class CompactionResult:
     dropped: int
 
 
+def _stamp(status: dict[str, Any]) -> tuple[int, int]:
+    """A file's (modification time, length), from a listing or a status call."""
+    return int(status.get("modificationTime", 0)), int(status.get("length", 0))
+
+
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -105,8 +110,9 @@ class HourlyCompactor:
         self.idle = idle
         self.writer = LakeWriter(client, root)
         self._tombstones_read: dict[str, list[Tombstone]] = {}  # tombstone files, this run
-        # Per hour directory: the (time, size) of the `_SUCCESS` read, and its frontier.
-        self._success_read: dict[str, tuple[tuple[int, int], TombstoneFrontier | None]] = {}
+        # Per hour directory: the (time, size) of the `_SUCCESS` read, and what it says.
+        self._success_read: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._last_frontier: dict[str, TombstoneFrontier] = {}  # per topic, of the last run
 
     # ------------------------------------------------------------------ reading the lake
 
@@ -188,6 +194,7 @@ class HourlyCompactor:
         watermark = self.watermark(topic, now)
         names = self.tombstone_files(topic)
         frontier = tombstone_frontier(names)
+        self._last_frontier[topic] = frontier
         self._tombstones_read = {}
         results = []
         try:
@@ -203,50 +210,57 @@ class HourlyCompactor:
         self, topic: str, hour: datetime, names: list[str], frontier: TombstoneFrontier
     ) -> CompactionResult | None:
         directory = raw_hour_dir(topic, hour, self.root)
-        _files, listing = self.part_files(directory)
-        applied = self._applied(directory, listing)
-        if applied is None:  # never compacted, a late file, or a compaction cut short
+        files, listing = self.part_files(directory)
+        seen = self._applied(directory, listing)
+        if seen is None:  # never compacted, a late file, or a compaction cut short
             return self.compact_hour(topic, hour, self.deleted_statuses(topic, names), frontier)
+        applied, success = seen
         new = tombstones_beyond(names, applied)
         if not new:
             return None
         deleted = self.deleted_statuses(topic, new)
         index = self._status_index(directory, listing)
         if index is None or not deleted.index_keys().isdisjoint(index):
-            return self.compact_hour(topic, hour, deleted, frontier)
-        self._record_applied(directory, frontier)
+            # Only the new deletes: the hour is compacted with every earlier one. Should a
+            # late file land meanwhile, it is left for a whole compaction (`only`).
+            return self.compact_hour(topic, hour, deleted, frontier, only={f.name for f in files})
+        self._record_applied(directory, listing, success, frontier)
         return None
 
     def _applied(
         self, directory: str, listing: dict[str, dict[str, int]]
-    ) -> TombstoneFrontier | None:
-        """The tombstone frontier a compacted hour has seen; None if it must be compacted
-        (whatever the tombstones): not yet, or files changed since."""
+    ) -> tuple[TombstoneFrontier, dict[str, Any]] | None:
+        """The tombstone frontier a compacted hour has seen, and its `_SUCCESS`; None if it
+        must be compacted (whatever the tombstones): not yet, or files changed since."""
         if SUCCESS_MARKER not in listing or COMPACTION_MANIFEST in listing:
             return None
         parts = [name for name in listing if PartFile.parse(name) is not None]
         if compaction_state(parts) not in listing:
             return None
-        meta = listing[SUCCESS_MARKER]
-        stamp = (int(meta.get("modificationTime", 0)), int(meta.get("length", 0)))
+        stamp = _stamp(listing[SUCCESS_MARKER])
         cached = self._success_read.get(directory)
         if cached is not None and cached[0] == stamp:
-            return cached[1]  # every run lists each closed hour; its `_SUCCESS` rarely changes
-        with self.client.read(f"{directory}/{SUCCESS_MARKER}") as reader:
+            success = cached[1]  # every run lists each closed hour; `_SUCCESS` rarely changes
+        else:
+            success = self._read_json(f"{directory}/{SUCCESS_MARKER}")
+            self._success_read[directory] = (stamp, success)
+        applied = frontier_of(success)
+        return None if applied is None else (applied, success)
+
+    def _read_json(self, path: str) -> dict[str, Any]:
+        with self.client.read(path) as reader:
             try:
-                success = json.loads(reader.read() or b"{}")
+                found = json.loads(reader.read() or b"{}")
             except ValueError:
-                return None
-        applied = frontier_of(success if isinstance(success, dict) else None)
-        self._success_read[directory] = (stamp, applied)
-        return applied
+                return {}
+        return found if isinstance(found, dict) else {}
 
     def _is_current(
         self, directory: str, listing: dict[str, dict[str, int]], frontier: TombstoneFrontier
     ) -> bool:
         """Compacted, and neither a late file nor an unchecked tombstone arrived since."""
-        applied = self._applied(directory, listing)
-        return applied is not None and covers(applied, frontier)
+        seen = self._applied(directory, listing)
+        return seen is not None and covers(seen[0], frontier)
 
     def _status_index(
         self, directory: str, listing: dict[str, dict[str, int]]
@@ -254,31 +268,49 @@ class HourlyCompactor:
         if STATUS_INDEX not in listing:
             return None
         with self.client.read(f"{directory}/{STATUS_INDEX}") as reader:
-            return decode_status_index(reader.read())
+            return decode_status_index(reader.read())  # None when torn: compact again
 
-    def _record_applied(self, directory: str, frontier: TombstoneFrontier) -> None:
-        """The hour has been checked against every tombstone up to `frontier`."""
+    def _record_applied(
+        self,
+        directory: str,
+        listing: dict[str, dict[str, int]],
+        success: dict[str, Any],
+        frontier: TombstoneFrontier,
+    ) -> None:
+        """The hour has been checked against every tombstone up to `frontier`. Skipped if
+        its `_SUCCESS` changed since it was read (another compactor, e.g. the nightly
+        `lake close`, compacted it meanwhile): the next run checks again."""
         path = f"{directory}/{SUCCESS_MARKER}"
-        with self.client.read(path) as reader:
-            success = json.loads(reader.read() or b"{}")
-        success["tombstones"] = frontier_doc(frontier)
-        self.writer.write_atomically(path, json.dumps(success).encode())
+        now = self.client.status(path, strict=False)
+        if now is None or _stamp(now) != _stamp(listing[SUCCESS_MARKER]):
+            return
+        self.writer.write_atomically(
+            path, json.dumps({**success, "tombstones": frontier_doc(frontier)}).encode()
+        )
+        self._success_read.pop(directory, None)
 
     def compact_hour(
-        self, topic: str, hour: datetime, deleted: DeletedStatuses, frontier: TombstoneFrontier
+        self,
+        topic: str,
+        hour: datetime,
+        deleted: DeletedStatuses,
+        frontier: TombstoneFrontier,
+        only: set[str] | None = None,
     ) -> CompactionResult | None:
-        """Merge the hour's files, leaving out what `deleted` names (the deletes up to
-        `frontier`, or only those beyond what the hour had seen)."""
+        """Merge the hour's files, leaving out what `deleted` names: the deletes up to
+        `frontier`, or (with `only`, the part files the hour was compacted into) those
+        beyond what it had seen; then the hour is left alone if its files are not `only`."""
         directory = raw_hour_dir(topic, hour, self.root)
         manifest_path = f"{directory}/{COMPACTION_MANIFEST}"
         if self.client.status(manifest_path, strict=False) is not None:
             self._roll_forward(directory, manifest_path, frontier)
         files, _listing = self.part_files(directory)
-        if not files:
+        if not files or (only is not None and {f.name for f in files} != only):
             return None
         steps = []
         events = dropped = 0
         keys: list[bytes] = []
+        result: list[str] = []  # the part files the hour will have: what was read, merged
         for step in plan_merges(files, self.target_bytes):
             lines: list[bytes] = []
             for source in step.sources:  # offset order: plan_merges sorts them
@@ -293,13 +325,16 @@ class HourlyCompactor:
                 kept.append(line)
             events += len(kept)
             dropped += len(lines) - len(kept)
+            result.append(step.output)  # a lone file's own name, whether rewritten or not
             if len(step.sources) == 1 and len(kept) == len(lines):
                 continue  # already one file, nothing deleted: leave it as it is
             temp = f"{directory}/.{step.output}.compacting"
             self.client.write(temp, data=encode_part(kept), overwrite=True)
             steps.append({"temp": temp, "output": step.output, "sources": list(step.sources)})
         self.writer.write_atomically(manifest_path, json.dumps({"steps": steps}).encode())
-        self._roll_forward(directory, manifest_path, frontier, events, encode_status_index(keys))
+        self._roll_forward(
+            directory, manifest_path, frontier, events, encode_status_index(keys), result
+        )
         files_after, _ = self.part_files(directory)
         log.info(
             "compacted %s %s: %d -> %d files, %d events, %d deleted",
@@ -319,7 +354,11 @@ class HourlyCompactor:
         frontier: TombstoneFrontier,
         events: int | None = None,
         index: bytes | None = None,
+        result: list[str] | None = None,
     ) -> None:
+        """Finish the steps of a manifest, then seal the hour. The marker names `result`,
+        the files this compaction read or wrote: one landed meanwhile leaves it stale, so
+        the next run compacts the hour again (it was read by no one)."""
         with self.client.read(manifest_path) as reader:
             manifest = json.loads(reader.read())
         for step in manifest["steps"]:
@@ -329,6 +368,8 @@ class HourlyCompactor:
                 self.client.delete(f"{directory}/{source}")
             self.client.rename(step["temp"], f"{directory}/{step['output']}")
         files, listing = self.part_files(directory)
+        if result is not None:
+            files = [f for f in files if f.name in set(result)]
         if events is None or index is None:
             # Rolled forward after a crash: count what is there now. Which deletes the cut
             # short run applied, and which statuses are left, is not known: no frontier and
@@ -348,7 +389,7 @@ class HourlyCompactor:
         for name in listing:
             if name.startswith(STATE_MARKER_PREFIX):
                 self.client.delete(f"{directory}/{name}")
-        state = compaction_state([f.name for f in files])
+        state = compaction_state(result if result is not None else [f.name for f in files])
         self.client.write(f"{directory}/{state}", data=b"", overwrite=True)
         self.client.delete(manifest_path)
 
@@ -359,7 +400,9 @@ class HourlyCompactor:
         self.run(topic, now)
         watermark = self.watermark(topic, now)
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        frontier = tombstone_frontier(self.tombstone_files(topic))
+        # The tombstones `run` saw: deletes landed since are the next run's (and the next
+        # night's batch), not a reason to keep the day open.
+        frontier = self._last_frontier.get(topic, {})
         open_hours = []
         for hour in self.hours(topic):
             if start <= hour < start + timedelta(days=1):

@@ -1,0 +1,197 @@
+"""Compaction against an in-memory WebHDFS fake, with files landing at the worst moments:
+a delete must never be judged irrelevant to an hour holding its status."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import posixpath
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hdfs import HdfsError
+
+from fedilake.contracts import Envelope, EventKind, PartFile
+from sinks.compactor import HourlyCompactor
+from sinks.lake import LakeWriter, PartitionBuffer, hour_of
+
+HOUR = datetime(2023, 5, 6, 7, tzinfo=UTC)
+LATER = datetime.now(UTC) + timedelta(days=400)
+TOPIC = "ev"
+SEVEN = f"/r/raw/{TOPIC}/dt=2023-05-06/hr=07"
+
+
+class FakeHdfs:
+    """The calls of `hdfs.InsecureClient` the lake makes; `hooks` see each (op, path)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, int]] = {}
+        self.dirs = {"/"}
+        self.hooks: list[Callable[[str, str], None]] = []
+        self.clock = 1000
+
+    def _hook(self, op: str, path: str) -> None:
+        for hook in list(self.hooks):
+            hook(op, path)
+
+    def _mkdirs(self, directory: str) -> None:
+        while directory not in self.dirs:
+            self.dirs.add(directory)
+            directory = posixpath.dirname(directory)
+
+    def write(self, path: str, data: bytes = b"", overwrite: bool = False) -> None:
+        self._hook("write", path)
+        if path in self.files and not overwrite:
+            raise HdfsError("exists")
+        self._mkdirs(posixpath.dirname(path))
+        self.clock += 1
+        self.files[path] = (bytes(data), self.clock)
+
+    def status(self, path: str, strict: bool = True) -> dict[str, Any] | None:
+        if path in self.files:
+            data, mtime = self.files[path]
+            return {"length": len(data), "modificationTime": mtime, "type": "FILE"}
+        if path in self.dirs:
+            return {"length": 0, "modificationTime": 0, "type": "DIRECTORY"}
+        if strict:
+            raise HdfsError(f"no {path}")
+        return None
+
+    def list(self, directory: str, status: bool = False) -> list[Any]:
+        if directory not in self.dirs:
+            raise HdfsError(f"no directory {directory}")
+        names = sorted(
+            {
+                posixpath.basename(p)
+                for p in [*self.files, *self.dirs]
+                if p != directory and posixpath.dirname(p) == directory
+            }
+        )
+        if status:
+            return [(n, self.status(f"{directory}/{n}")) for n in names]
+        return names
+
+    @contextlib.contextmanager
+    def read(self, path: str) -> Iterator[io.BytesIO]:
+        self._hook("read", path)
+        if path not in self.files:
+            raise HdfsError(f"no file {path}")
+        yield io.BytesIO(self.files[path][0])
+
+    def delete(self, path: str, recursive: bool = False) -> bool:
+        if path in self.files:
+            del self.files[path]
+            return True
+        return False
+
+    def rename(self, source: str, target: str) -> None:
+        if source not in self.files or target in self.files:
+            raise HdfsError(f"rename {source} -> {target}")
+        self._mkdirs(posixpath.dirname(target))
+        self.files[target] = self.files.pop(source)
+
+
+def status(n: int, kind: EventKind = EventKind.STATUS) -> Envelope:
+    return Envelope(
+        kind=kind,
+        instance="https://c.example",
+        stream="public",
+        event="update",
+        received_at=HOUR,
+        created_at=HOUR + timedelta(seconds=n),
+        uri=f"https://c.example/s/{n}",
+        status_id=str(n),
+        payload="{}",
+    )
+
+
+def delete(n: int) -> Envelope:  # lands in the 09:00 hour, its status in 07:00
+    return Envelope(
+        kind=EventKind.DELETE,
+        instance="https://c.example",
+        stream="public",
+        event="delete",
+        received_at=HOUR + timedelta(hours=2),
+        created_at=None,
+        uri=None,
+        status_id=str(n),
+        payload=str(n),
+    )
+
+
+def flush(writer: LakeWriter, partition: int, first: int, envelopes: list[Envelope]) -> None:
+    buffer = PartitionBuffer()
+    for offset, envelope in enumerate(envelopes, first):
+        moment = envelope.event_time()
+        kind = envelope.kind
+        buffer.add(offset, hour_of(moment), envelope.to_bytes(), moment, kind is EventKind.DELETE)
+    writer.write(TOPIC, partition, buffer)
+
+
+def kept(client: FakeHdfs) -> list[tuple[str, str | None]]:
+    found = []
+    for name in client.list(SEVEN):
+        if PartFile.parse(name):
+            with client.read(f"{SEVEN}/{name}") as reader:
+                for line in gzip.decompress(reader.read()).splitlines():
+                    envelope = Envelope.from_bytes(line)
+                    found.append((envelope.kind.value, envelope.status_id))
+    return sorted(found)
+
+
+def lake() -> tuple[FakeHdfs, LakeWriter, HourlyCompactor]:
+    client = FakeHdfs()
+    compactor = HourlyCompactor(client, "/r", target_bytes=1 << 20)
+    return client, LakeWriter(client, "/r"), compactor
+
+
+def test_a_file_landing_during_a_compaction_is_compacted_again_before_it_counts() -> None:
+    client, writer, compactor = lake()
+    flush(writer, 0, 0, [status(k) for k in range(5)])
+    flush(writer, 0, 5, [status(k) for k in range(5, 8)])
+
+    def late_edit(op: str, path: str) -> None:
+        if op == "write" and path.endswith("._compaction.json.tmp") and not client.hooks[1:]:
+            client.hooks.append(lambda *_: None)  # once
+            flush(writer, 0, 8, [status(50, EventKind.EDIT)])
+
+    client.hooks.append(late_edit)
+    compactor.run(TOPIC, now=LATER)  # sealed without the edit, which it never read
+    client.hooks.clear()
+    compactor.run(TOPIC, now=LATER)  # the marker does not name it: compacted again
+    flush(writer, 1, 0, [delete(50)])
+    compactor.run(TOPIC, now=LATER)
+    assert ("edit", "50") not in kept(client)
+    assert compactor.close_day(TOPIC, HOUR.date(), now=LATER).closed
+
+
+def test_a_file_landing_while_new_deletes_are_checked_gets_every_delete() -> None:
+    client, writer, compactor = lake()
+    flush(writer, 0, 0, [status(k) for k in range(8)])
+    flush(writer, 1, 0, [delete(60)])  # its status lands only later
+    compactor.run(TOPIC, now=LATER)
+    flush(writer, 1, 1, [delete(3)])
+
+    def late_status(op: str, path: str) -> None:
+        if op == "read" and path.endswith("/_statuses") and not client.hooks[1:]:
+            client.hooks.append(lambda *_: None)  # once
+            flush(writer, 0, 8, [status(60)])  # a backfilled status, late in its hour
+
+    client.hooks.append(late_status)
+    compactor.run(TOPIC, now=LATER)  # decided with the new delete only: leaves the hour
+    client.hooks.clear()
+    compactor.run(TOPIC, now=LATER)  # the late file: compacted whole, with every delete
+    assert kept(client) == [("status", str(k)) for k in (0, 1, 2, 4, 5, 6, 7)]
+
+
+def test_a_torn_status_index_compacts_the_hour_again() -> None:
+    client, writer, compactor = lake()
+    flush(writer, 0, 0, [status(k) for k in range(4)])
+    compactor.run(TOPIC, now=LATER)
+    data, mtime = client.files[f"{SEVEN}/_statuses"]
+    client.files[f"{SEVEN}/_statuses"] = (data[:-3], mtime)
+    flush(writer, 1, 0, [delete(2)])
+    compactor.run(TOPIC, now=LATER)
+    assert kept(client) == [("status", str(k)) for k in (0, 1, 3)]
