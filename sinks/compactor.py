@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -85,6 +86,9 @@ class CompactionResult:
     dropped: int
 
 
+FRONTIER_PERSIST_S = 600.0
+
+
 def _stamp(status: dict[str, Any]) -> tuple[int, int]:
     """A file's (modification time, length), from a listing or a status call."""
     return int(status.get("modificationTime", 0)), int(status.get("length", 0))
@@ -113,6 +117,10 @@ class HourlyCompactor:
         # Per hour directory: the (time, size) of the `_SUCCESS` read, and what it says.
         self._success_read: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
         self._last_frontier: dict[str, TombstoneFrontier] = {}  # per topic, of the last run
+        # Per hour directory: its `_SUCCESS` stamp, the frontier checked in memory since,
+        # and since when (monotonic) that was not written.
+        self._checked: dict[str, tuple[tuple[int, int], TombstoneFrontier, float]] = {}
+        self._keys_of: dict[tuple[str, ...], set[bytes]] = {}  # tombstone files -> keys, a run
 
     # ------------------------------------------------------------------ reading the lake
 
@@ -195,7 +203,7 @@ class HourlyCompactor:
         names = self.tombstone_files(topic)
         frontier = tombstone_frontier(names)
         self._last_frontier[topic] = frontier
-        self._tombstones_read = {}
+        self._tombstones_read, self._keys_of = {}, {}
         results = []
         try:
             for hour in closed_hours(self.hours(topic), watermark, self.grace):
@@ -203,7 +211,7 @@ class HourlyCompactor:
                 if result is not None:
                     results.append(result)
         finally:
-            self._tombstones_read = {}
+            self._tombstones_read, self._keys_of = {}, {}
         return results
 
     def _close_hour(
@@ -219,13 +227,36 @@ class HourlyCompactor:
         if not new:
             return None
         deleted = self.deleted_statuses(topic, new)
+        keys = self._keys_of.get(tuple(new))
+        if keys is None:  # most hours have seen the same tombstones: once per run
+            keys = self._keys_of[tuple(new)] = deleted.index_keys()
         index = self._status_index(directory, listing)
-        if index is None or not deleted.index_keys().isdisjoint(index):
+        if index is None or not keys.isdisjoint(index):
             # Only the new deletes: the hour is compacted with every earlier one. Should a
             # late file land meanwhile, it is left for a whole compaction (`only`).
             return self.compact_hour(topic, hour, deleted, frontier, only={f.name for f in files})
-        self._record_applied(directory, listing, success, frontier)
+        self._note_checked(directory, listing, success, frontier)
         return None
+
+    def _note_checked(
+        self,
+        directory: str,
+        listing: dict[str, dict[str, int]],
+        success: dict[str, Any],
+        frontier: TombstoneFrontier,
+    ) -> None:
+        """Remember that the hour holds no status of the tombstones up to `frontier`; write
+        it to its `_SUCCESS` at most every `FRONTIER_PERSIST_S` (deletes land with nearly
+        every flush: writing every hour's `_SUCCESS` every run would be most of the work).
+        A restart re-checks what was not written, against the index."""
+        stamp = _stamp(listing[SUCCESS_MARKER])
+        entry = self._checked.get(directory)
+        since = entry[2] if entry is not None and entry[0] == stamp else time.monotonic()
+        if time.monotonic() - since >= FRONTIER_PERSIST_S:
+            self._checked.pop(directory, None)
+            self._record_applied(directory, listing, success, frontier)
+        else:
+            self._checked[directory] = (stamp, frontier, since)
 
     def _applied(
         self, directory: str, listing: dict[str, dict[str, int]]
@@ -245,7 +276,13 @@ class HourlyCompactor:
             success = self._read_json(f"{directory}/{SUCCESS_MARKER}")
             self._success_read[directory] = (stamp, success)
         applied = frontier_of(success)
-        return None if applied is None else (applied, success)
+        if applied is None:
+            return None
+        checked = self._checked.get(directory)
+        if checked is not None and checked[0] == stamp:  # checked since, not yet written
+            for partition, last in checked[1].items():
+                applied[partition] = max(applied.get(partition, -1), last)
+        return applied, success
 
     def _read_json(self, path: str) -> dict[str, Any]:
         with self.client.read(path) as reader:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import posixpath
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hdfs import HdfsError
 
+import sinks.compactor as compactor_module
 from fedilake.contracts import Envelope, EventKind, PartFile
 from sinks.compactor import HourlyCompactor
 from sinks.lake import LakeWriter, PartitionBuffer, hour_of
@@ -195,3 +198,22 @@ def test_a_torn_status_index_compacts_the_hour_again() -> None:
     flush(writer, 1, 0, [delete(2)])
     compactor.run(TOPIC, now=LATER)
     assert kept(client) == [("status", str(k)) for k in (0, 1, 3)]
+
+
+def test_an_hour_no_new_delete_concerns_records_it_at_most_every_few_minutes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, writer, compactor = lake()
+    flush(writer, 0, 0, [status(k) for k in range(4)])
+    compactor.run(TOPIC, now=LATER)
+    success = client.files[f"{SEVEN}/_SUCCESS"]
+    flush(writer, 1, 0, [delete(99)])  # no status of 07:00
+    assert [r.hour for r in compactor.run(TOPIC, now=LATER)] == [HOUR + timedelta(hours=2)]
+    assert client.files[f"{SEVEN}/_SUCCESS"] == success  # remembered, not written
+    assert compactor.close_day(TOPIC, HOUR.date(), now=LATER).closed
+    monkeypatch.setattr(compactor_module, "FRONTIER_PERSIST_S", 0.0)
+    flush(writer, 1, 1, [delete(98)])
+    compactor.run(TOPIC, now=LATER)
+    with client.read(f"{SEVEN}/_SUCCESS") as reader:
+        assert json.loads(reader.read())["tombstones"] == {"1": 1}
+    assert kept(client) == [("status", str(k)) for k in range(4)]
