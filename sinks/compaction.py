@@ -214,7 +214,8 @@ class DeletedStatuses:
         return len(self.local_ids)
 
     def removes(self, line: bytes) -> bool:
-        """True for a status or edit whose status was deleted; deletes themselves are kept."""
+        """True for a line carrying a deleted status (the status, its edits, refreshes and
+        notifications); deletes themselves are kept."""
         found = stored_status(line) if self.local_ids else None
         return found is not None and self.removes_status(*found)
 
@@ -228,15 +229,23 @@ class DeletedStatuses:
         return keys
 
 
+# Every kind of line that carries a status (its text, its author): a delete removes them
+# all. Refreshes hold the whole status as fetched, notifications the status they are about.
+_ABOUT_A_STATUS = frozenset(
+    kind.value
+    for kind in (EventKind.STATUS, EventKind.EDIT, EventKind.REFRESH, EventKind.NOTIFICATION)
+)
+
+
 def stored_status(line: bytes) -> tuple[str | None, str | None, str | None] | None:
-    """(uri, instance, instance-local id) of a status or edit line; None for other lines."""
+    """(uri, instance, instance-local id) of the status a line carries; None for lines that
+    carry none (deletes, announcements, ...)."""
     try:
         doc = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(doc, dict) or doc.get("kind") not in (
-        EventKind.STATUS.value,
-        EventKind.EDIT.value,
-    ):
+    if not isinstance(doc, dict) or doc.get("kind") not in _ABOUT_A_STATUS:
         return None
+    if not doc.get("uri") and not doc.get("status_id"):
+        return None  # a notification without a status (a follow)
     return doc.get("uri"), doc.get("instance"), doc.get("status_id")

@@ -143,3 +143,13 @@ def test_the_status_index_tells_which_deletes_concern_an_hour() -> None:
     assert not by_uri.index_keys().isdisjoint(index)
     assert elsewhere.index_keys().isdisjoint(index)
     assert decode_status_index(b"") == set()
+
+
+def test_a_delete_removes_every_line_carrying_its_status() -> None:
+    deleted = DeletedStatuses([Tombstone("https://a.example", "7", None)])
+    about = "https://a.example/s/7"
+    assert deleted.removes(envelope(EventKind.REFRESH, "7", about))  # the status as fetched
+    assert deleted.removes(envelope(EventKind.NOTIFICATION, "7", about))  # a mention of it
+    assert not deleted.removes(envelope(EventKind.NOTIFICATION, "", None))  # a follow
+    assert not deleted.removes(envelope(EventKind.REFRESH, "8", "https://a.example/s/8"))
+    assert stored_status(envelope(EventKind.NOTIFICATION, "", None)) is None
