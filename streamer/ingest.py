@@ -100,7 +100,7 @@ class Ingestor:
             if self._closed:
                 raise IngestClosed()
             outcome = self._take_locked(source, envelope, backfilled)
-        self.counts[outcome] += 1
+            self.counts[outcome] += 1  # under the lock: listeners and backfills count at once
         return outcome
 
     def _take_locked(self, source: Source | None, envelope: Envelope, backfilled: bool) -> str:
@@ -212,7 +212,8 @@ class Ingestor:
         if held is not None:
             # Published before it is forgotten: a shutdown while the spool is full raises
             # here, and the edit stays held for the next run.
-            self._publish_locked(Envelope.from_bytes(held[1]), backfilled=True)
+            outcome = self._publish_locked(Envelope.from_bytes(held[1]), backfilled=True)
+            self.counts[outcome] += 1
         self._drop_held_locked(uri)
 
     def _drop_held_locked(self, uri: str) -> None:
@@ -250,7 +251,7 @@ class Ingestor:
             if self._closed:
                 raise IngestClosed()
             self._append(Topics.DEAD_LETTER.name, None, record, 0)
-        self.counts["dead-lettered"] += 1
+            self.counts["dead-lettered"] += 1
 
     def state_checkpoint(self, source: Source) -> str | None:
         with self._lock:
