@@ -33,6 +33,7 @@ from fedilake.settings import HdfsSettings, HdfsSinkSettings
 
 from .compaction import (
     STATE_MARKER_PREFIX,
+    STATUS_INDEX_VERSION,
     DeletedStatuses,
     LakeFile,
     Tombstone,
@@ -276,7 +277,7 @@ class HourlyCompactor:
             success = self._read_json(f"{directory}/{SUCCESS_MARKER}")
             self._success_read[directory] = (stamp, success)
         applied = frontier_of(success)
-        if applied is None:
+        if applied is None or success.get("index") != STATUS_INDEX_VERSION:
             return None
         checked = self._checked.get(directory)
         if checked is not None and checked[0] == stamp:  # checked since, not yet written
@@ -418,7 +419,11 @@ class HourlyCompactor:
         else:
             # The index first: a `_SUCCESS` with a frontier vouches for it.
             self.writer.write_atomically(f"{directory}/{STATUS_INDEX}", index)
-            success = {"events": events, "tombstones": frontier_doc(frontier)}
+            success = {
+                "events": events,
+                "tombstones": frontier_doc(frontier),
+                "index": STATUS_INDEX_VERSION,
+            }
         success.update(files=len(files), bytes=sum(f.size for f in files))
         self.client.write(
             f"{directory}/{SUCCESS_MARKER}", data=json.dumps(success).encode(), overwrite=True
@@ -455,17 +460,18 @@ class HourlyCompactor:
     def summaries(self, topic: str, now: datetime | None = None) -> list[HourSummary]:
         now = now or datetime.now(UTC)
         closed = set(closed_hours(self.hours(topic), self.watermark(topic, now), self.grace))
-        frontier = tombstone_frontier(self.tombstone_files(topic))
         result = []
         for hour in self.hours(topic):
             directory = raw_hour_dir(topic, hour, self.root)
             files, listing = self.part_files(directory)
             events: int | None = None
-            current = self._is_current(directory, listing, frontier)
-            if current:
-                with self.client.read(f"{directory}/{SUCCESS_MARKER}") as reader:
-                    events = json.loads(reader.read() or b"{}").get("events")
-            if events is None:
+            # Compacted with the files it has (deletes landed since are the sink's next
+            # minutes of work, not an open hour).
+            seen = self._applied(directory, listing)
+            current = seen is not None
+            if seen is not None:
+                events = seen[1].get("events")
+            if not isinstance(events, int):
                 events = sum(len(self.writer.read_lines(f"{directory}/{f.name}")) for f in files)
             result.append(
                 HourSummary(

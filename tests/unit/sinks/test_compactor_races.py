@@ -9,6 +9,7 @@ import io
 import json
 import posixpath
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -217,3 +218,23 @@ def test_an_hour_no_new_delete_concerns_records_it_at_most_every_few_minutes(
     with client.read(f"{SEVEN}/_SUCCESS") as reader:
         assert json.loads(reader.read())["tombstones"] == {"1": 1}
     assert kept(client) == [("status", str(k)) for k in range(4)]
+
+
+def test_an_hour_compacted_by_an_older_rule_is_compacted_again_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sinks.compaction as compaction_module
+
+    client, writer, compactor = lake()
+    refresh = replace(status(2), kind=EventKind.REFRESH, event="refresh")
+    flush(writer, 0, 0, [*(status(k) for k in range(4)), refresh])
+    flush(writer, 1, 0, [delete(2)])
+    with monkeypatch.context() as old:  # the rule before refreshes carried a status
+        old.setattr(compaction_module, "_ABOUT_A_STATUS", frozenset({"status", "edit"}))
+        old.setattr(compactor_module, "STATUS_INDEX_VERSION", 1)
+        compactor.run(TOPIC, now=LATER)
+    assert ("refresh", "2") in kept(client)
+    results = compactor.run(TOPIC, now=LATER)  # every hour the older rule compacted
+    assert sorted(r.hour for r in results) == [HOUR, HOUR + timedelta(hours=2)]
+    assert kept(client) == [("status", str(k)) for k in (0, 1, 3)]
+    assert compactor.run(TOPIC, now=LATER) == []
