@@ -230,13 +230,20 @@ class DeletedStatuses:
 
 
 # Every kind of line that carries a status (its text, its author): a delete removes them
-# all. Refreshes hold the whole status as fetched, notifications the status they are about.
-# An hour whose `_SUCCESS` names another version of this rule (or none) was compacted by
-# an older one: it is compacted again, whole, with every tombstone kept.
-STATUS_INDEX_VERSION = 2
+# all. Refreshes hold the whole status as fetched, notifications the status they are about,
+# conversations their last status. An hour whose `_SUCCESS` names another version of this
+# rule (or none) was compacted by an older one: it is compacted again, whole, with every
+# tombstone kept.
+STATUS_INDEX_VERSION = 3
 _ABOUT_A_STATUS = frozenset(
     kind.value
-    for kind in (EventKind.STATUS, EventKind.EDIT, EventKind.REFRESH, EventKind.NOTIFICATION)
+    for kind in (
+        EventKind.STATUS,
+        EventKind.EDIT,
+        EventKind.REFRESH,
+        EventKind.NOTIFICATION,
+        EventKind.CONVERSATION,
+    )
 )
 
 

@@ -50,9 +50,9 @@ def wrap_event(
             created_at = parse_time(str(parsed["created_at"]))
         except (KeyError, ValueError, OverflowError) as exc:  # "0001-01-01T00:00+01:00"
             raise MalformedEvent(f"{event} status has no valid created_at: {exc}") from exc
-    elif kind is EventKind.NOTIFICATION:
+    elif kind in (EventKind.NOTIFICATION, EventKind.CONVERSATION):
         parsed = _json_object(event, text)
-        status = parsed.get("status")
+        status = parsed.get("status" if kind is EventKind.NOTIFICATION else "last_status")
         if isinstance(status, dict) and status.get("uri"):
             uri = str(status["uri"])  # with its status's other events, in order
             status_id = str(status["id"]) if status.get("id") is not None else None

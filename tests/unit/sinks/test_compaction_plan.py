@@ -153,3 +153,9 @@ def test_a_delete_removes_every_line_carrying_its_status() -> None:
     assert not deleted.removes(envelope(EventKind.NOTIFICATION, "", None))  # a follow
     assert not deleted.removes(envelope(EventKind.REFRESH, "8", "https://a.example/s/8"))
     assert stored_status(envelope(EventKind.NOTIFICATION, "", None)) is None
+
+
+def test_a_delete_removes_the_conversations_whose_last_status_it_was() -> None:
+    deleted = DeletedStatuses([Tombstone("https://a.example", "7", None)])
+    assert deleted.removes(envelope(EventKind.CONVERSATION, "7", "https://a.example/s/7"))
+    assert not deleted.removes(envelope(EventKind.CONVERSATION, "", None))

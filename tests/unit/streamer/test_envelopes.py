@@ -154,3 +154,15 @@ def test_status_that_is_not_an_object_is_malformed(data: str) -> None:
 def test_status_without_a_valid_created_at_is_malformed(status: dict[str, Any]) -> None:
     with pytest.raises(MalformedEvent, match="created_at"):
         _wrap("update", status)
+
+
+@pytest.mark.parametrize(
+    ("event", "field"), [("notification", "status"), ("conversation", "last_status")]
+)
+def test_notifications_and_conversations_are_keyed_by_the_status_they_carry(
+    event: str, field: str
+) -> None:
+    status = {"id": "77", "uri": "https://a.example/s/77", "content": "<p>hi</p>"}
+    envelope = _wrap(event, json.dumps({"id": "5", field: status}).encode())
+    assert (envelope.uri, envelope.status_id) == ("https://a.example/s/77", "77")
+    assert envelope.kafka_key() == b"https://a.example/s/77"  # in order with its status
