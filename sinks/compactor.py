@@ -206,13 +206,20 @@ class HourlyCompactor:
         self._last_frontier[topic] = frontier
         self._tombstones_read, self._keys_of = {}, {}
         results = []
+        closed = closed_hours(self.hours(topic), watermark, self.grace)
         try:
-            for hour in closed_hours(self.hours(topic), watermark, self.grace):
+            for hour in closed:
                 result = self._close_hour(topic, hour, names, frontier)
                 if result is not None:
                     results.append(result)
         finally:
             self._tombstones_read, self._keys_of = {}, {}
+        # Forget hours retention removed (what is kept per hour is small, but adds up).
+        live = {raw_hour_dir(topic, hour, self.root) for hour in closed}
+        prefix = f"{self.root}/raw/{topic}/"
+        for cache in (self._checked, self._success_read):
+            for directory in [d for d in cache if d.startswith(prefix) and d not in live]:
+                del cache[directory]
         return results
 
     def _close_hour(
