@@ -10,6 +10,7 @@ duplicates: the offsets are stored with the output.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import logging
@@ -18,8 +19,9 @@ import posixpath
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -45,6 +47,10 @@ from fedilake.contracts import (
 from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
+
+# The longest a rebalance callback waits for a flush in flight: kafka-python 3 runs the
+# callbacks on its I/O thread, so heartbeats wait too (the session times out at 45 s).
+REBALANCE_WAIT_S = 15.0
 
 
 @dataclass
@@ -129,9 +135,13 @@ class LakeWriter:
         partition: int,
         buffer: PartitionBuffer,
         encoded: EncodedFlush | None = None,
-    ) -> None:
+        proceed: Callable[[], bool] | None = None,
+    ) -> bool:
         """Land one partition's flush: part files under temporary names, the manifest
-        naming them, then the renames. `encoded` is `encode_flush(buffer)` if done already."""
+        naming them, then the renames. `encoded` is `encode_flush(buffer)` if done already.
+
+        The manifest is the point of no return: if `proceed` (asked just before) says no,
+        the partition is another member's now and nothing lands (returns False)."""
         assert buffer.first is not None and buffer.last is not None
         manifest_path = f"{self.manifest_dir(topic, partition)}/{buffer.last:020d}.json"
         if self.client.status(manifest_path, strict=False) is not None:
@@ -139,7 +149,7 @@ class LakeWriter:
             # (rewriting the temps could revive files compaction has merged away since).
             with self.client.read(manifest_path) as reader:
                 self._apply([tuple(move) for move in json.loads(reader.read())["files"]])
-            return
+            return True
         if encoded is None:
             encoded = encode_flush(buffer)
         name = part_file_name(topic, partition, buffer.first, buffer.last)
@@ -155,6 +165,8 @@ class LakeWriter:
             temp = f"{directory}/.{name}.tmp"
             self.client.write(temp, data=encoded.deletes, overwrite=True)
             moves.append((temp, f"{directory}/{name}"))
+        if proceed is not None and not proceed():
+            return False  # the temporary files are overwritten by whoever lands this range
         manifest = {
             "first": buffer.first,
             "last": buffer.last,
@@ -164,6 +176,7 @@ class LakeWriter:
         self.write_atomically(manifest_path, json.dumps(manifest).encode())
         self._rename_all(moves)
         self._prune_manifests(topic, partition, keep=buffer.last)
+        return True
 
     def count_events(self, topic: str, day: date) -> int:
         """Events in the visible part files of one day (reads them: for checks, not hot paths)."""
@@ -237,6 +250,10 @@ class LakeWriter:
                 self.client.delete(f"{directory}/{name}")
 
 
+def _not_in(tp: TopicPartition, skip: set[TopicPartition]) -> bool:
+    return tp not in skip
+
+
 # Per partition, the offset consumption resumes at once a flush has landed.
 Commits = dict[TopicPartition, int]
 
@@ -254,12 +271,7 @@ class _Recovery(ConsumerRebalanceListener):
         self.sink = sink
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        try:
-            self.sink.flush(revoked)
-        finally:
-            # Never written later by us: the next owner resumes from the lake.
-            for tp in revoked:
-                self.sink.buffers.pop(tp, None)
+        self.sink.hand_over(revoked)
 
     def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
         # Another member owns them now: writing them here could duplicate its files. The
@@ -267,8 +279,10 @@ class _Recovery(ConsumerRebalanceListener):
         self.sink.abandon(lost)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.sink.settle_quietly()  # positions are read from the lake: let it be up to date
-        self.sink.take_back(assigned)
+        # Positions are read from the lake: the flush in flight lands first, or (if HDFS
+        # keeps it longer than a callback may take) writes none of these partitions.
+        if not self.sink.settle_quietly(REBALANCE_WAIT_S):
+            self.sink.abandon(assigned, keep_buffers=True)
         for tp in assigned:
             position = self.sink.recover_until_done(tp)
             if position is not None:
@@ -303,7 +317,9 @@ class HdfsLakeSink:
         self._flusher: ThreadPoolExecutor | None = None  # lands a flush while we consume
         self._in_flight: Future[Commits] | None = None
         self._broken = False  # a background flush failed: nothing more may land
-        self._abandoned: set[TopicPartition] = set()  # lost to another member
+        # Partitions the flush in flight must not write (lost, or handed over meanwhile);
+        # each flush has its own set, so a partition taken back is written by the next.
+        self._skip: set[TopicPartition] = set()
         self._landed: Commits = {}  # for the consumer loop to commit to Kafka
         self._landed_lock = threading.Lock()
 
@@ -379,28 +395,54 @@ class HdfsLakeSink:
         taken, self.buffers, self.buffered_bytes = self.buffers, {}, 0
         if self._flusher is None:
             self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-flush")
-        self._in_flight = self._flusher.submit(self._land_until_done, taken)
+        self._skip = set()
+        self._in_flight = self._flusher.submit(self._land_until_done, taken, self._skip)
 
-    def abandon(self, lost: Iterable[TopicPartition]) -> None:
-        """Never write these again (another member owns them): their buffers go, and the
-        background flush skips them."""
+    def abandon(self, lost: Iterable[TopicPartition], keep_buffers: bool = False) -> None:
+        """The flush in flight must not write these (another member may own them, or we
+        are about to read their position from the lake); their buffers go too, unless
+        they are ours to go on with."""
         for tp in lost:
-            self._abandoned.add(tp)
-            self.buffers.pop(tp, None)
+            self._skip.add(tp)
+            if not keep_buffers:
+                self.buffers.pop(tp, None)
         self.buffered_bytes = sum(b.size() for b in self.buffers.values())
 
-    def take_back(self, assigned: Iterable[TopicPartition]) -> None:
-        """Partitions ours again (after the background flush settled)."""
-        for tp in assigned:
-            self._abandoned.discard(tp)
+    def hand_over(self, revoked: Iterable[TopicPartition]) -> None:
+        """Land what we hold of `revoked` for its next owner, within what a rebalance
+        callback may take (it holds up the consumer's heartbeats): if HDFS keeps the flush
+        in flight longer, nothing more of these lands here, and the next owner reads it
+        again from Kafka, from where the lake ends."""
+        revoked = list(revoked)
+        try:
+            if self.settle_quietly(REBALANCE_WAIT_S):
+                self.flush(revoked)
+            else:
+                log.warning(
+                    "a lake flush is still running after %.0fs at a rebalance: %s left to "
+                    "their next owner, who reads them again from Kafka",
+                    REBALANCE_WAIT_S,
+                    ", ".join(f"{tp.topic}[{tp.partition}]" for tp in revoked),
+                )
+        except Exception as exc:  # noqa: BLE001 - what did not land is read again
+            log.warning("could not land the revoked partitions' events: %s", exc)
+        finally:
+            self.abandon(revoked)  # never written later by us
 
-    def settle_quietly(self) -> None:
-        """Wait for the background flush; a failure is only logged (a rebalance callback:
-        what did not land is read again from Kafka by whoever owns the partition next)."""
+    def settle_quietly(self, wait_s: float | None = None) -> bool:
+        """Wait (at most `wait_s`) for the background flush; False if it is still running.
+        A failure is only logged (a rebalance callback: what did not land is read again
+        from Kafka by whoever owns the partition next)."""
+        in_flight = self._in_flight
+        if in_flight is not None and wait_s is not None:
+            done, _ = futures_wait([in_flight], timeout=wait_s)
+            if not done:
+                return False
         try:
             self._settle()
         except Exception as exc:  # noqa: BLE001 - logged; the lake's manifests decide
             log.warning("the background lake flush failed: %s", exc)
+        return True
 
     def _settle(self, wait: bool = True) -> None:
         """Commit the offsets of the background flush once it is done (waiting for it unless
@@ -418,7 +460,9 @@ class HdfsLakeSink:
             raise
         self._note_landed(commits)
 
-    def _land_until_done(self, buffers: dict[TopicPartition, PartitionBuffer]) -> Commits:
+    def _land_until_done(
+        self, buffers: dict[TopicPartition, PartitionBuffer], skip: set[TopicPartition]
+    ) -> Commits:
         """HDFS may be away for a while (a DataNode restart): keep the buffers, retry.
 
         A retried flush rewrites the same temporary files and names, so nothing doubles.
@@ -427,7 +471,7 @@ class HdfsLakeSink:
         delay = 1.0
         while True:
             try:
-                self._land(buffers, list(buffers), commits)
+                self._land(buffers, list(buffers), commits, skip)
                 return commits
             except Exception as exc:  # HDFS away, or answering garbage while it restarts: retry
                 if self.stop_requested.is_set():
@@ -465,7 +509,7 @@ class HdfsLakeSink:
         chosen = list(partitions) if partitions is not None else list(self.buffers)
         commits: Commits = {}
         try:
-            self._land(self.buffers, chosen, commits)
+            self._land(self.buffers, chosen, commits, set())
         finally:
             self.buffered_bytes = sum(b.size() for b in self.buffers.values())
             self._note_landed(commits)
@@ -475,13 +519,14 @@ class HdfsLakeSink:
         buffers: dict[TopicPartition, PartitionBuffer],
         chosen: Iterable[TopicPartition],
         commits: Commits,
+        skip: set[TopicPartition],
     ) -> None:
         """Write the `chosen` buffers, taking each out of `buffers` once it is durable (a
         failed write is retried whole) and noting the offset its partition resumes at."""
         ready: list[tuple[TopicPartition, PartitionBuffer, int]] = []
         for tp in chosen:
             buffer = buffers.get(tp)
-            if buffer is None or buffer.last is None or tp in self._abandoned:
+            if buffer is None or buffer.last is None or tp in skip:
                 buffers.pop(tp, None)
             else:
                 ready.append((tp, buffer, buffer.last))
@@ -495,10 +540,12 @@ class HdfsLakeSink:
             )
         encoded = self._encoder.map(encode_flush, [buffer for _, buffer, _ in ready])
         for (tp, buffer, last), parts in zip(ready, encoded, strict=True):
-            if tp in self._abandoned:  # lost while this flush ran
-                buffers.pop(tp, None)
+            still_ours = functools.partial(_not_in, tp, skip)
+            if not still_ours() or not self.writer.write(
+                tp.topic, tp.partition, buffer, parts, proceed=still_ours
+            ):
+                buffers.pop(tp, None)  # lost or handed over while this flush ran
                 continue
-            self.writer.write(tp.topic, tp.partition, buffer, parts)
             del buffers[tp]
             self.written += len(buffer)
             commits[tp] = last + 1

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from kafka import TopicPartition
 
+import sinks.lake as lake_module
 from fedilake.settings import HdfsSinkSettings
 from sinks.lake import EncodedFlush, HdfsLakeSink, LakeSinkBroken, PartitionBuffer, _Recovery
 from streamer.envelopes import wrap_event
@@ -72,13 +73,21 @@ class FakeWriter:
         self.error = error or ValueError("WebHDFS answered an HTML error page")
 
     def write(
-        self, topic: str, partition: int, buffer: PartitionBuffer, encoded: EncodedFlush
-    ) -> None:
+        self,
+        topic: str,
+        partition: int,
+        buffer: PartitionBuffer,
+        encoded: EncodedFlush,
+        proceed: Any = None,
+    ) -> bool:
         if self.failures:
             self.failures -= 1
             raise self.error
         assert buffer.first is not None and buffer.last is not None
+        if proceed is not None and not proceed():
+            return False
         self.landed.append((partition, buffer.first, buffer.last))
+        return True
 
 
 class FakeProducer:
@@ -161,11 +170,13 @@ def test_a_partition_lost_during_a_flush_is_not_written_and_callbacks_never_comm
             super().__init__()
             self.entered, self.release = threading.Event(), threading.Event()
 
-        def write(self, topic: str, partition: int, buffer: Any, encoded: Any) -> None:
+        def write(
+            self, topic: str, partition: int, buffer: Any, encoded: Any, proceed: Any = None
+        ) -> bool:
             if partition == kept.partition:
                 self.entered.set()
                 self.release.wait(5)
-            super().write(topic, partition, buffer, encoded)
+            return super().write(topic, partition, buffer, encoded, proceed)
 
     commit_threads: list[str] = []
 
@@ -190,3 +201,63 @@ def test_a_partition_lost_during_a_flush_is_not_written_and_callbacks_never_comm
     assert [p for p, _, _ in writer.landed] == [kept.partition]
     sink._commit_landed()
     assert consumer.committed == {kept: 2} and commit_threads == ["MainThread"]
+
+
+class StuckWriter(FakeWriter):
+    """HDFS away: a write waits until released (as a flush retrying through an outage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def write(
+        self, topic: str, partition: int, buffer: Any, encoded: Any, proceed: Any = None
+    ) -> bool:
+        self.entered.set()
+        self.release.wait(10)
+        return super().write(topic, partition, buffer, encoded, proceed)
+
+
+def test_a_revoke_gives_up_a_flush_hdfs_holds_and_nothing_of_it_lands_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lake_module, "REBALANCE_WAIT_S", 0.2)
+    revoked, kept = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    writer = StuckWriter()
+    sink = sink_for(FakeConsumer([]), writer)
+    buffered(sink, revoked, 0, 1)
+    buffered(sink, kept, 0, 1)
+    sink._flush_in_background()
+    assert writer.entered.wait(5)
+    buffered(sink, revoked, 2)  # consumed meanwhile
+    listener = _Recovery(sink)
+    started = time.monotonic()
+    listener.on_partitions_revoked([revoked])  # on kafka-python's I/O thread: bounded
+    assert time.monotonic() - started < 2
+    assert revoked not in sink.buffers
+    writer.release.set()
+    sink._settle()
+    assert [p for p, _, _ in writer.landed] == [kept.partition]  # the next owner has 0
+
+
+def test_partitions_assigned_during_a_stuck_flush_are_not_written_by_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lake_module, "REBALANCE_WAIT_S", 0.2)
+    tp = TopicPartition(TOPIC, 0)
+    writer = StuckWriter()
+    sink = sink_for(FakeConsumer([]), writer)
+    buffered(sink, tp, 0, 1)
+    sink._flush_in_background()
+    assert writer.entered.wait(5)
+    # Ours again after a rebalance: its position is read from the lake now, so the
+    # stuck flush must not land its range afterwards (it would be read and written twice).
+    assert not sink.settle_quietly(lake_module.REBALANCE_WAIT_S)
+    sink.abandon([tp], keep_buffers=True)
+    writer.release.set()
+    sink._settle()
+    assert writer.landed == []
+    buffered(sink, tp, 0, 1)  # read again from the lake's position, by the next flush
+    sink._flush_in_background()
+    sink._settle()
+    assert writer.landed == [(0, 0, 1)]
