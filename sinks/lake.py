@@ -10,6 +10,7 @@ duplicates: the offsets are stored with the output.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import json
@@ -136,12 +137,15 @@ class LakeWriter:
         buffer: PartitionBuffer,
         encoded: EncodedFlush | None = None,
         proceed: Callable[[], bool] | None = None,
+        commit_lock: threading.Lock | None = None,
     ) -> bool:
         """Land one partition's flush: part files under temporary names, the manifest
         naming them, then the renames. `encoded` is `encode_flush(buffer)` if done already.
 
         The manifest is the point of no return: if `proceed` (asked just before) says no,
-        the partition is another member's now and nothing lands (returns False)."""
+        the partition is another member's now and nothing lands (returns False). Both
+        happen under `commit_lock`, so whoever takes it after making `proceed` say no knows
+        that no manifest of this flush is being written."""
         assert buffer.first is not None and buffer.last is not None
         manifest_path = f"{self.manifest_dir(topic, partition)}/{buffer.last:020d}.json"
         if self.client.status(manifest_path, strict=False) is not None:
@@ -165,8 +169,17 @@ class LakeWriter:
             temp = f"{directory}/.{name}.tmp"
             self.client.write(temp, data=encoded.deletes, overwrite=True)
             moves.append((temp, f"{directory}/{name}"))
-        if proceed is not None and not proceed():
-            return False  # the temporary files are overwritten by whoever lands this range
+        with commit_lock or contextlib.nullcontext():
+            if proceed is not None and not proceed():
+                return False  # its temporary files are overwritten by whoever lands the range
+            self._commit(manifest_path, buffer, moves)
+        self._rename_all(moves)
+        self._prune_manifests(topic, partition, keep=buffer.last)
+        return True
+
+    def _commit(
+        self, manifest_path: str, buffer: PartitionBuffer, moves: list[tuple[str, str]]
+    ) -> None:
         manifest = {
             "first": buffer.first,
             "last": buffer.last,
@@ -174,9 +187,6 @@ class LakeWriter:
             "files": moves,
         }
         self.write_atomically(manifest_path, json.dumps(manifest).encode())
-        self._rename_all(moves)
-        self._prune_manifests(topic, partition, keep=buffer.last)
-        return True
 
     def count_events(self, topic: str, day: date) -> int:
         """Events in the visible part files of one day (reads them: for checks, not hot paths)."""
@@ -282,7 +292,7 @@ class _Recovery(ConsumerRebalanceListener):
         # Positions are read from the lake: the flush in flight lands first, or (if HDFS
         # keeps it longer than a callback may take) writes none of these partitions.
         if not self.sink.settle_quietly(REBALANCE_WAIT_S):
-            self.sink.abandon(assigned, keep_buffers=True)
+            self.sink.abandon(assigned)  # read again from the lake's position
         for tp in assigned:
             position = self.sink.recover_until_done(tp)
             if position is not None:
@@ -320,6 +330,7 @@ class HdfsLakeSink:
         # Partitions the flush in flight must not write (lost, or handed over meanwhile);
         # each flush has its own set, so a partition taken back is written by the next.
         self._skip: set[TopicPartition] = set()
+        self._commit_lock = threading.Lock()  # held while a flush writes a manifest
         self._landed: Commits = {}  # for the consumer loop to commit to Kafka
         self._landed_lock = threading.Lock()
 
@@ -398,15 +409,17 @@ class HdfsLakeSink:
         self._skip = set()
         self._in_flight = self._flusher.submit(self._land_until_done, taken, self._skip)
 
-    def abandon(self, lost: Iterable[TopicPartition], keep_buffers: bool = False) -> None:
+    def abandon(self, lost: Iterable[TopicPartition]) -> None:
         """The flush in flight must not write these (another member may own them, or we
-        are about to read their position from the lake); their buffers go too, unless
-        they are ours to go on with."""
+        are about to read their position from the lake), and their buffers go (they are
+        read again from that position). Returns once no manifest of that flush is being
+        written: from then on, nothing of these partitions lands here."""
         for tp in lost:
             self._skip.add(tp)
-            if not keep_buffers:
-                self.buffers.pop(tp, None)
+            self.buffers.pop(tp, None)
         self.buffered_bytes = sum(b.size() for b in self.buffers.values())
+        with self._commit_lock:
+            pass
 
     def hand_over(self, revoked: Iterable[TopicPartition]) -> None:
         """Land what we hold of `revoked` for its next owner, within what a rebalance
@@ -542,7 +555,12 @@ class HdfsLakeSink:
         for (tp, buffer, last), parts in zip(ready, encoded, strict=True):
             still_ours = functools.partial(_not_in, tp, skip)
             if not still_ours() or not self.writer.write(
-                tp.topic, tp.partition, buffer, parts, proceed=still_ours
+                tp.topic,
+                tp.partition,
+                buffer,
+                parts,
+                proceed=still_ours,
+                commit_lock=self._commit_lock,
             ):
                 buffers.pop(tp, None)  # lost or handed over while this flush ran
                 continue

@@ -3,6 +3,7 @@ partition's ranges in offset order, retry what failed, and never leave a gap."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -79,15 +80,25 @@ class FakeWriter:
         buffer: PartitionBuffer,
         encoded: EncodedFlush,
         proceed: Any = None,
+        commit_lock: Any = None,
     ) -> bool:
         if self.failures:
             self.failures -= 1
             raise self.error
         assert buffer.first is not None and buffer.last is not None
-        if proceed is not None and not proceed():
-            return False
-        self.landed.append((partition, buffer.first, buffer.last))
+        with commit_lock or contextlib.nullcontext():
+            if proceed is not None and not proceed():
+                return False
+            self.committing(partition)
+            self.landed.append((partition, buffer.first, buffer.last))
         return True
+
+    def committing(self, partition: int) -> None:
+        """Called where the manifest is written."""
+
+    def recover(self, topic: str, partition: int) -> int | None:
+        ends = [last for p, _, last in self.landed if p == partition]
+        return max(ends) + 1 if ends else None
 
 
 class FakeProducer:
@@ -171,12 +182,18 @@ def test_a_partition_lost_during_a_flush_is_not_written_and_callbacks_never_comm
             self.entered, self.release = threading.Event(), threading.Event()
 
         def write(
-            self, topic: str, partition: int, buffer: Any, encoded: Any, proceed: Any = None
+            self,
+            topic: str,
+            partition: int,
+            buffer: Any,
+            encoded: Any,
+            proceed: Any = None,
+            commit_lock: Any = None,
         ) -> bool:
             if partition == kept.partition:
                 self.entered.set()
                 self.release.wait(5)
-            return super().write(topic, partition, buffer, encoded, proceed)
+            return super().write(topic, partition, buffer, encoded, proceed, commit_lock)
 
     commit_threads: list[str] = []
 
@@ -211,11 +228,17 @@ class StuckWriter(FakeWriter):
         self.entered, self.release = threading.Event(), threading.Event()
 
     def write(
-        self, topic: str, partition: int, buffer: Any, encoded: Any, proceed: Any = None
+        self,
+        topic: str,
+        partition: int,
+        buffer: Any,
+        encoded: Any,
+        proceed: Any = None,
+        commit_lock: Any = None,
     ) -> bool:
         self.entered.set()
         self.release.wait(10)
-        return super().write(topic, partition, buffer, encoded, proceed)
+        return super().write(topic, partition, buffer, encoded, proceed, commit_lock)
 
 
 def test_a_revoke_gives_up_a_flush_hdfs_holds_and_nothing_of_it_lands_later(
@@ -245,19 +268,56 @@ def test_partitions_assigned_during_a_stuck_flush_are_not_written_by_it(
 ) -> None:
     monkeypatch.setattr(lake_module, "REBALANCE_WAIT_S", 0.2)
     tp = TopicPartition(TOPIC, 0)
-    writer = StuckWriter()
-    sink = sink_for(FakeConsumer([]), writer)
+    consumer, writer = SeekingConsumer([]), StuckWriter()
+    sink = sink_for(consumer, writer)
     buffered(sink, tp, 0, 1)
     sink._flush_in_background()
     assert writer.entered.wait(5)
-    # Ours again after a rebalance: its position is read from the lake now, so the
-    # stuck flush must not land its range afterwards (it would be read and written twice).
-    assert not sink.settle_quietly(lake_module.REBALANCE_WAIT_S)
-    sink.abandon([tp], keep_buffers=True)
+    buffered(sink, tp, 2)
+    # Ours again after a rebalance: its position is read from the lake now, so the stuck
+    # flush must not land its range afterwards (it would be read and written twice).
+    _Recovery(sink).on_partitions_assigned([tp])
+    assert consumer.seeks == [] and tp not in sink.buffers  # nothing landed: from Kafka's
     writer.release.set()
     sink._settle()
     assert writer.landed == []
-    buffered(sink, tp, 0, 1)  # read again from the lake's position, by the next flush
+
+
+class SeekingConsumer(FakeConsumer):
+    def __init__(self, batches: list[dict[TopicPartition, list[Record]]]) -> None:
+        super().__init__(batches)
+        self.seeks: list[tuple[int, int]] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp.partition, offset))
+
+
+def test_an_assignment_waits_for_a_manifest_being_written_then_resumes_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lake_module, "REBALANCE_WAIT_S", 0.2)
+    tp = TopicPartition(TOPIC, 0)
+
+    class SlowManifest(FakeWriter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered, self.release = threading.Event(), threading.Event()
+
+        def committing(self, partition: int) -> None:  # past the point of no return
+            self.entered.set()
+            self.release.wait(10)
+
+    consumer, writer = SeekingConsumer([]), SlowManifest()
+    sink = sink_for(consumer, writer)
+    buffered(sink, tp, 0, 1)
     sink._flush_in_background()
+    assert writer.entered.wait(5)
+    callback = threading.Thread(target=_Recovery(sink).on_partitions_assigned, args=([tp],))
+    callback.start()
+    callback.join(0.5)
+    assert callback.is_alive()  # it may not read the position while the manifest lands
+    writer.release.set()
+    callback.join(5)
+    assert consumer.seeks == [(0, 2)]  # after the range that landed: none read twice
     sink._settle()
     assert writer.landed == [(0, 0, 1)]
