@@ -260,11 +260,20 @@ class HourlyCompactor:
         stamp = _stamp(listing[SUCCESS_MARKER])
         entry = self._checked.get(directory)
         since = entry[2] if entry is not None and entry[0] == stamp else time.monotonic()
-        if time.monotonic() - since >= FRONTIER_PERSIST_S:
-            self._checked.pop(directory, None)
-            self._record_applied(directory, listing, success, frontier)
-        else:
+        if time.monotonic() - since < FRONTIER_PERSIST_S:
             self._checked[directory] = (stamp, frontier, since)
+            return
+        self._checked.pop(directory, None)
+        # Not if `_SUCCESS` changed since it was read (another compactor, e.g. the nightly
+        # `lake close`, compacted the hour meanwhile): the next run checks again.
+        path = f"{directory}/{SUCCESS_MARKER}"
+        now = self.client.status(path, strict=False)
+        if now is None or _stamp(now) != stamp:
+            return
+        self.writer.write_atomically(
+            path, json.dumps({**success, "tombstones": frontier_doc(frontier)}).encode()
+        )
+        self._success_read.pop(directory, None)
 
     def _applied(
         self, directory: str, listing: dict[str, dict[str, int]]
@@ -314,25 +323,6 @@ class HourlyCompactor:
             return None
         with self.client.read(f"{directory}/{STATUS_INDEX}") as reader:
             return decode_status_index(reader.read())  # None when torn: compact again
-
-    def _record_applied(
-        self,
-        directory: str,
-        listing: dict[str, dict[str, int]],
-        success: dict[str, Any],
-        frontier: TombstoneFrontier,
-    ) -> None:
-        """The hour has been checked against every tombstone up to `frontier`. Skipped if
-        its `_SUCCESS` changed since it was read (another compactor, e.g. the nightly
-        `lake close`, compacted it meanwhile): the next run checks again."""
-        path = f"{directory}/{SUCCESS_MARKER}"
-        now = self.client.status(path, strict=False)
-        if now is None or _stamp(now) != _stamp(listing[SUCCESS_MARKER]):
-            return
-        self.writer.write_atomically(
-            path, json.dumps({**success, "tombstones": frontier_doc(frontier)}).encode()
-        )
-        self._success_read.pop(directory, None)
 
     def compact_hour(
         self,

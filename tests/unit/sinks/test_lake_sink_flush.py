@@ -173,27 +173,32 @@ def test_a_failure_swallowed_by_a_rebalance_callback_still_stops_the_next_hand_o
         sink._flush_in_background()
 
 
+class StuckWriter(FakeWriter):
+    """HDFS away: a write (of partition `only`, or any) waits until released, as a flush
+    retrying through an outage."""
+
+    def __init__(self, only: int | None = None) -> None:
+        super().__init__()
+        self.only = only
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def write(
+        self,
+        topic: str,
+        partition: int,
+        buffer: Any,
+        encoded: Any,
+        proceed: Any = None,
+        commit_lock: Any = None,
+    ) -> bool:
+        if self.only is None or partition == self.only:
+            self.entered.set()
+            self.release.wait(10)
+        return super().write(topic, partition, buffer, encoded, proceed, commit_lock)
+
+
 def test_a_partition_lost_during_a_flush_is_not_written_and_callbacks_never_commit() -> None:
     lost, kept = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
-
-    class SlowWriter(FakeWriter):
-        def __init__(self) -> None:
-            super().__init__()
-            self.entered, self.release = threading.Event(), threading.Event()
-
-        def write(
-            self,
-            topic: str,
-            partition: int,
-            buffer: Any,
-            encoded: Any,
-            proceed: Any = None,
-            commit_lock: Any = None,
-        ) -> bool:
-            if partition == kept.partition:
-                self.entered.set()
-                self.release.wait(5)
-            return super().write(topic, partition, buffer, encoded, proceed, commit_lock)
 
     commit_threads: list[str] = []
 
@@ -202,7 +207,7 @@ def test_a_partition_lost_during_a_flush_is_not_written_and_callbacks_never_comm
             commit_threads.append(threading.current_thread().name)
             super().commit(offsets)
 
-    consumer, writer = CommitCounting([]), SlowWriter()
+    consumer, writer = CommitCounting([]), StuckWriter(only=kept.partition)
     consumer.assigned = {kept}
     sink = sink_for(consumer, writer)
     buffered(sink, kept, 0, 1)
@@ -218,27 +223,6 @@ def test_a_partition_lost_during_a_flush_is_not_written_and_callbacks_never_comm
     assert [p for p, _, _ in writer.landed] == [kept.partition]
     sink._commit_landed()
     assert consumer.committed == {kept: 2} and commit_threads == ["MainThread"]
-
-
-class StuckWriter(FakeWriter):
-    """HDFS away: a write waits until released (as a flush retrying through an outage)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered, self.release = threading.Event(), threading.Event()
-
-    def write(
-        self,
-        topic: str,
-        partition: int,
-        buffer: Any,
-        encoded: Any,
-        proceed: Any = None,
-        commit_lock: Any = None,
-    ) -> bool:
-        self.entered.set()
-        self.release.wait(10)
-        return super().write(topic, partition, buffer, encoded, proceed, commit_lock)
 
 
 def test_a_revoke_gives_up_a_flush_hdfs_holds_and_nothing_of_it_lands_later(
