@@ -113,6 +113,29 @@ def bare_producer_rate(kafka: KafkaSettings, payloads: list[bytes]) -> StageResu
     return StageResult("bare kafka-python producer", seconds, len(payloads), cpu)
 
 
+def bare_consumer_seconds(kafka: KafkaSettings, topic: str, events: int) -> float:
+    """How long kafka-python takes to read `events` records of `topic`, doing nothing else."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=5000,
+    )
+    read, started = 0, time.perf_counter()
+    try:
+        while read < events:
+            read += sum(len(records) for records in consumer.poll(timeout_ms=500).values())
+            if time.perf_counter() - started > 600:
+                raise RuntimeError(f"a bare consumer read {read} of {events} events in 600 s")
+        return time.perf_counter() - started
+    finally:
+        consumer.close()
+
+
 def wait_until(what: str, check: Callable[[], bool], timeout_s: float, every_s: float) -> float:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -281,6 +304,11 @@ def run_lake_bench(events: int, out: Callable[[str], None], hours: int = 1) -> i
         producer.send(topic, key=str(n).encode(), value=payload)
     producer.flush()
     producer.close()
+    consumed = bare_consumer_seconds(kafka, topic, events)
+    out(
+        f"  bare kafka-python consumer reading them, nothing else: {megabytes / consumed:7.1f} "
+        f"MB/s ({raw / consumed:.2f} x raw write; the most any kafka-python sink can do)"
+    )
 
     # A short time rotation: the last events of the run would otherwise wait out the
     # interval, and the bench would measure the wait (a live topic has no last event).

