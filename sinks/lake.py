@@ -6,6 +6,11 @@ them is written under `_offsets/`, then they are renamed into place, then the Ka
 offset is committed. On (re)assignment the latest manifest is rolled forward and the
 partition resumes right after it, so a crash at any step neither loses nor
 duplicates: the offsets are stored with the output.
+
+The manifest is named by the range's first offset and created only where none exists,
+and it stands only while no later one does: a member that lost the partition without
+knowing it (paused past a rebalance) is fenced there, so two members never both land
+an offset.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import logging
 import posixpath
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from enum import Enum
 from typing import Any
 
 from hdfs import HdfsError, InsecureClient
@@ -63,6 +70,9 @@ class PartitionBuffer:
     by_hour: dict[datetime, list[bytes]] = field(default_factory=lambda: defaultdict(list))
     newest_event: datetime | None = None
     deletes: list[bytes] = field(default_factory=list)
+    # Names this flush's temporary files: a retry rewrites its own, and never touches those
+    # of another member holding the same range (their renames could revive merged files).
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def add(
         self,
@@ -124,6 +134,14 @@ def encode_flush(buffer: PartitionBuffer) -> EncodedFlush:
     )
 
 
+class Landing(Enum):
+    """What became of one partition's flush."""
+
+    LANDED = "landed"
+    GIVEN_UP = "given up"  # the partition stopped being ours before its manifest
+    FENCED = "fenced"  # another member landed a range from the same offset, or later
+
+
 class LakeWriter:
     """Writes one partition's flush to HDFS and recovers a partition's position from HDFS."""
 
@@ -142,55 +160,108 @@ class LakeWriter:
         encoded: EncodedFlush | None = None,
         proceed: Callable[[], bool] | None = None,
         commit_lock: threading.Lock | None = None,
-    ) -> bool:
+    ) -> Landing:
         """Land one partition's flush: part files under temporary names, the manifest
         naming them, then the renames. `encoded` is `encode_flush(buffer)` if done already.
 
-        The manifest is the point of no return: if `proceed` (asked just before) says no,
-        the partition is another member's now and nothing lands (returns False). Both
-        happen under `commit_lock`, so whoever takes it after making `proceed` say no knows
-        that no manifest of this flush is being written."""
+        The manifest is the point of no return, and a fence: it is named by the range's
+        first offset and created only if no writer has landed a range from that offset,
+        nor any range after it. A member that lost the partition without knowing it (a
+        paused process) is refused there (FENCED) and its files never appear. If
+        `proceed` (asked just before) says no, nothing lands (GIVEN_UP). Both happen under
+        `commit_lock`, so whoever takes it after making `proceed` say no knows that no
+        manifest of this flush is being written."""
         assert buffer.first is not None and buffer.last is not None
-        manifest_path = f"{self.manifest_dir(topic, partition)}/{buffer.last:020d}.json"
-        if self.client.status(manifest_path, strict=False) is not None:
-            # A retry of a flush whose manifest is already durable: only finish its renames
+        manifest_path = f"{self.manifest_dir(topic, partition)}/{buffer.first:020d}.json"
+        name = part_file_name(topic, partition, buffer.first, buffer.last)
+        landed = self._read_manifest(manifest_path)
+        if landed is not None:
+            if landed.get("token") != buffer.token:
+                return Landing.FENCED  # another member landed a range from this offset
+            # A retry of this flush, whose manifest is durable: only finish its renames
             # (rewriting the temps could revive files compaction has merged away since).
-            with self.client.read(manifest_path) as reader:
-                self._apply([tuple(move) for move in json.loads(reader.read())["files"]])
-            return True
+            if not self._still_latest(topic, partition, manifest_path):
+                return Landing.FENCED  # landed, and others went on from it: ask the lake
+            self._apply([tuple(move) for move in landed["files"]])
+            return Landing.LANDED
         if encoded is None:
             encoded = encode_flush(buffer)
-        name = part_file_name(topic, partition, buffer.first, buffer.last)
         moves = []
         for hour, data in encoded.parts:
             directory = raw_hour_dir(topic, hour, self.root)
-            temp = f"{directory}/.{name}.tmp"
+            temp = f"{directory}/.{name}.{buffer.token}.tmp"
             self.client.write(temp, data=data, overwrite=True)
             moves.append((temp, f"{directory}/{name}"))
         if encoded.deletes is not None:
             # Deletes are also kept apart, so compaction finds every tombstone cheaply.
             directory = tombstone_dir(topic, self.root)
-            temp = f"{directory}/.{name}.tmp"
+            temp = f"{directory}/.{name}.{buffer.token}.tmp"
             self.client.write(temp, data=encoded.deletes, overwrite=True)
             moves.append((temp, f"{directory}/{name}"))
         with commit_lock or contextlib.nullcontext():
             if proceed is not None and not proceed():
-                return False  # its temporary files are overwritten by whoever lands the range
-            self._commit(manifest_path, buffer, moves)
+                outcome = Landing.GIVEN_UP
+            else:
+                outcome = self._commit(topic, partition, manifest_path, buffer, moves)
+        if outcome is not Landing.LANDED:
+            self._discard(temp for temp, _final in moves)
+            return outcome
         self._rename_all(moves)
-        self._prune_manifests(topic, partition, keep=buffer.last)
-        return True
+        self._prune_manifests(topic, partition, keep=manifest_path)
+        return Landing.LANDED
 
     def _commit(
-        self, manifest_path: str, buffer: PartitionBuffer, moves: list[tuple[str, str]]
-    ) -> None:
+        self,
+        topic: str,
+        partition: int,
+        manifest_path: str,
+        buffer: PartitionBuffer,
+        moves: list[tuple[str, str]],
+    ) -> Landing:
         manifest = {
             "first": buffer.first,
             "last": buffer.last,
             "newest_event": format_time(buffer.newest_event) if buffer.newest_event else None,
             "files": moves,
+            "token": buffer.token,
         }
-        self.write_atomically(manifest_path, json.dumps(manifest).encode())
+        if not self.create_once(manifest_path, json.dumps(manifest).encode()):
+            # Another member landed a range from this offset first: even the same range
+            # is its to finish (our renames could revive files compaction merged since).
+            return Landing.FENCED
+        if not self._still_latest(topic, partition, manifest_path):
+            # Created because the fence of this offset was pruned long ago: a member that
+            # was away (a paused process) landing a range that others have landed since.
+            self.client.delete(manifest_path)
+            return Landing.FENCED
+        return Landing.LANDED
+
+    def _still_latest(self, topic: str, partition: int, manifest_path: str) -> bool:
+        """No range after this manifest's has landed (manifests are never pruned above
+        the newest, and a range starts where the newest one its writer saw ended)."""
+        mine = posixpath.basename(manifest_path)
+        return not any(
+            _is_manifest(n) and n > mine
+            for n in self.client.list(self.manifest_dir(topic, partition))
+        )
+
+    def _read_manifest(self, path: str) -> dict[str, Any] | None:
+        try:
+            with self.client.read(path) as reader:
+                manifest: dict[str, Any] = json.loads(reader.read())
+                return manifest
+        except HdfsError:
+            if self.client.status(path, strict=False) is None:
+                return None
+            raise
+
+    def _discard(self, temps: Iterable[str]) -> None:
+        """Best effort: a fenced flush's temporary files (nobody else writes these names)."""
+        for temp in temps:
+            try:
+                self.client.delete(temp)
+            except HdfsError as exc:
+                log.warning("could not remove %s: %s", temp, exc)
 
     def count_events(self, topic: str, day: date) -> int:
         """Events in the visible part files of one day (reads them: for checks, not hot paths)."""
@@ -224,7 +295,7 @@ class LakeWriter:
         if self.client.status(directory, strict=False) is None:
             return None  # never flushed; any other HDFS error must not look like this
         listing = self.client.list(directory, status=True)
-        manifests = sorted((n, st) for n, st in listing if n.endswith(".json"))
+        manifests = sorted((n, st) for n, st in listing if _is_manifest(n))
         if not manifests:
             return None
         name, status = manifests[-1]
@@ -250,6 +321,21 @@ class LakeWriter:
                 continue  # renamed already, and since merged away by compaction
             self.client.rename(temp, final)
 
+    def create_once(self, path: str, data: bytes) -> bool:
+        """Create `path` whole with `data` unless it exists (then False): HDFS refuses to
+        rename onto an existing file, so of two writers exactly one succeeds."""
+        directory, base = posixpath.split(path)
+        temp = f"{directory}/.{base}.{uuid.uuid4().hex}.tmp"  # never another writer's
+        self.client.write(temp, data=data, overwrite=True)
+        try:
+            self.client.rename(temp, path)
+        except HdfsError:
+            if self.client.status(path, strict=False) is None:
+                raise
+            self.client.delete(temp)
+            return False
+        return True
+
     def write_atomically(self, path: str, data: bytes) -> None:
         """Readers see the old file or the whole new one, never a part (temp, then rename)."""
         temp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".tmp")
@@ -257,11 +343,17 @@ class LakeWriter:
         self.client.delete(path)  # present only when a failed write is being retried
         self.client.rename(temp, path)
 
-    def _prune_manifests(self, topic: str, partition: int, keep: int) -> None:
-        directory = self.manifest_dir(topic, partition)
+    def _prune_manifests(self, topic: str, partition: int, keep: str) -> None:
+        """Remove the manifests before `keep`; never a later one (another member's, landed
+        after ours) nor a temporary one (a commit in progress)."""
+        directory, kept = posixpath.split(keep)
         for name in self.client.list(directory):
-            if name.endswith(".json") and name != f"{keep:020d}.json":
+            if _is_manifest(name) and name < kept:
                 self.client.delete(f"{directory}/{name}")
+
+
+def _is_manifest(name: str) -> bool:
+    return name.endswith(".json") and not name.startswith(".")
 
 
 def _not_in(tp: TopicPartition, skip: set[TopicPartition]) -> bool:
@@ -294,19 +386,12 @@ class _Recovery(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         # Positions are read from the lake: the flush in flight lands first, or (if HDFS
-        # keeps it longer than a callback may take) writes none of these partitions.
+        # keeps it longer than a callback may take) writes none of these partitions. The
+        # reading itself happens on the consumer's thread, where an HDFS outage holds up
+        # nothing but these partitions.
         if not self.sink.settle_quietly(REBALANCE_WAIT_S):
             self.sink.abandon(assigned)  # read again from the lake's position
-        for tp in assigned:
-            position = self.sink.recover_until_done(tp)
-            if position is not None:
-                self.sink.consumer.seek(tp, position)
-                # Committed by the consumer loop: the group's offset follows the lake even
-                # when the previous owner could not commit its last flush.
-                self.sink.note_resumed(tp, position)
-                log.info(
-                    "%s[%d] resumes at offset %d (from the lake)", tp.topic, tp.partition, position
-                )
+        self.sink.position_from_lake(assigned)
 
 
 class HdfsLakeSink:
@@ -337,6 +422,11 @@ class HdfsLakeSink:
         self._commit_locks: dict[TopicPartition, threading.Lock] = {}
         self._commit_locks_guard = threading.Lock()
         self._landed: Commits = {}  # for the consumer loop to commit to Kafka
+        # Partitions consumed only once the consumer loop has read their position from
+        # the lake (just assigned, or fenced off by another member's landing), with when
+        # to try next and how long to wait after that if HDFS does not answer.
+        self._unpositioned: dict[TopicPartition, tuple[float, float]] = {}
+        self._dropped_from: dict[TopicPartition, int] = {}  # their first record consumed
         self._landed_lock = threading.Lock()
 
     def run(self, topics: Iterable[str] = (Topics.EVENTS.name,)) -> None:
@@ -350,6 +440,7 @@ class HdfsLakeSink:
                         self._add(tp, record.offset, record.value)
                         self.buffered_bytes += len(record.value) + 1
                 self._settle(wait=False)
+                self._read_positions()
                 self._commit_landed()
                 pending = sum(len(b) for b in self.buffers.values())
                 due = time.monotonic() - last_flush >= self.settings.flush_interval_s
@@ -382,25 +473,15 @@ class HdfsLakeSink:
     def stop(self) -> None:
         self.stop_requested.set()
 
-    def recover_until_done(self, tp: TopicPartition) -> int | None:
-        """The partition's position from the lake, waiting out an HDFS outage (a DataNode
-        restart) rather than guessing: resuming elsewhere would lose or double events."""
-        delay = 1.0
-        while True:
-            try:
-                return self.writer.recover(tp.topic, tp.partition)
-            except (HdfsError, OSError) as exc:
-                if self.stop_requested.is_set():
-                    raise
-                log.warning(
-                    "cannot read %s[%d]'s position from the lake (%s); retrying in %.0fs",
-                    tp.topic,
-                    tp.partition,
-                    exc,
-                    delay,
-                )
-                self.stop_requested.wait(delay)
-                delay = min(delay * 2, 30.0)
+    def position_from_lake(self, partitions: Iterable[TopicPartition]) -> None:
+        """Consume `partitions` again only from where the lake ends (on kafka-python's I/O
+        thread, in a rebalance callback: pausing them there keeps that poll from returning
+        their records)."""
+        partitions = list(partitions)
+        for tp in partitions:
+            self._unpositioned[tp] = (0.0, 1.0)
+            self.buffers.pop(tp, None)
+        self.consumer.pause(*partitions)
 
     def _flush_in_background(self) -> None:
         """Hand the buffers to the flush thread and go on consuming into new ones."""
@@ -409,6 +490,8 @@ class HdfsLakeSink:
                 "an earlier lake flush failed; stopping so that a restart resumes from the lake"
             )
         taken, self.buffers, self.buffered_bytes = self.buffers, {}, 0
+        for tp in self._unpositioned.copy():
+            taken.pop(tp, None)
         if self._flusher is None:
             self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-flush")
         self._skip = set()
@@ -504,7 +587,56 @@ class HdfsLakeSink:
                 self.stop_requested.wait(delay)
                 delay = min(delay * 2, 30.0)
 
+    def _read_positions(self) -> None:
+        """On the consumer's thread: partitions waiting for their position read it from the
+        lake (finishing a flush a crash interrupted) and resume there, dropping whatever
+        was consumed of them meanwhile. While HDFS does not answer they stay paused, tried
+        again with a growing delay, and the other partitions go on."""
+        if not self._unpositioned:
+            return
+        assignment = self.consumer.assignment()
+        for tp, (due, delay) in self._unpositioned.copy().items():
+            if tp not in assignment:
+                del self._unpositioned[tp]
+                self._dropped_from.pop(tp, None)
+                self.buffers.pop(tp, None)
+                continue
+            self.consumer.pause(tp)
+            if time.monotonic() < due:
+                continue
+            try:
+                position = self.writer.recover(tp.topic, tp.partition)
+            except (HdfsError, OSError) as exc:
+                log.warning(
+                    "cannot read %s[%d]'s position from the lake (%s); it waits, retrying in %.0fs",
+                    tp.topic,
+                    tp.partition,
+                    exc,
+                    delay,
+                )
+                self._unpositioned[tp] = (time.monotonic() + delay, min(delay * 2, 30.0))
+                continue
+            dropped_from = self._dropped_from.pop(tp, None)
+            if position is None and dropped_from is not None:
+                # Nothing of it in the lake: from where the group's offset had us start.
+                self.consumer.seek(tp, dropped_from)
+            if position is not None:
+                self.consumer.seek(tp, position)
+                # Committed by this loop: the group's offset follows the lake even when
+                # the previous owner could not commit its last flush.
+                self.note_resumed(tp, position)
+                log.info(
+                    "%s[%d] resumes at offset %d (from the lake)", tp.topic, tp.partition, position
+                )
+            self.buffers.pop(tp, None)
+            del self._unpositioned[tp]
+            self.consumer.resume(tp)
+        self.buffered_bytes = sum(b.size() for b in self.buffers.values())
+
     def _add(self, tp: TopicPartition, offset: int, value: bytes) -> None:
+        if tp in self._unpositioned:
+            self._dropped_from.setdefault(tp, offset)
+            return  # read again from the lake's position
         try:
             envelope = Envelope.from_bytes(value)
         except EnvelopeError as exc:
@@ -526,6 +658,7 @@ class HdfsLakeSink:
             )
             return
         chosen = list(partitions) if partitions is not None else list(self.buffers)
+        chosen = [tp for tp in chosen if tp not in self._unpositioned]
         commits: Commits = {}
         try:
             self._land(self.buffers, chosen, commits, set())
@@ -545,7 +678,7 @@ class HdfsLakeSink:
         ready: list[tuple[TopicPartition, PartitionBuffer, int]] = []
         for tp in chosen:
             buffer = buffers.get(tp)
-            if buffer is None or buffer.last is None or tp in skip:
+            if buffer is None or buffer.last is None or tp in skip or tp in self._unpositioned:
                 buffers.pop(tp, None)
             else:
                 ready.append((tp, buffer, buffer.last))
@@ -566,12 +699,21 @@ class HdfsLakeSink:
         failure: Exception | None = None
         for tp, buffer, last, future in landing:
             try:
-                landed = future.result()
+                landing_of_tp = future.result()
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the others count
                 failure = failure or exc
                 continue
-            if not landed:
-                buffers.pop(tp, None)  # lost or handed over while this flush ran
+            if landing_of_tp is Landing.FENCED:
+                log.warning(
+                    "%s[%d]: another member landed offsets %d.. first (it or we were "
+                    "paused past a rebalance); reading our position from the lake again",
+                    tp.topic,
+                    tp.partition,
+                    buffer.first,
+                )
+                self._unpositioned[tp] = (0.0, 1.0)
+            if landing_of_tp is not Landing.LANDED:
+                buffers.pop(tp, None)  # lost, handed over or fenced while this flush ran
                 continue
             del buffers[tp]
             self.written += len(buffer)
@@ -581,9 +723,11 @@ class HdfsLakeSink:
 
     def _land_one(
         self, tp: TopicPartition, buffer: PartitionBuffer, skip: set[TopicPartition]
-    ) -> bool:
+    ) -> Landing:
         still_ours = functools.partial(_not_in, tp, skip)
-        return still_ours() and self.writer.write(
+        if not still_ours():
+            return Landing.GIVEN_UP
+        return self.writer.write(
             tp.topic,
             tp.partition,
             buffer,

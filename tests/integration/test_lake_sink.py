@@ -17,7 +17,7 @@ from fedilake.contracts import Envelope, EventKind, PartFile, TopicSpec
 from fedilake.kafka_topics import ensure_topics
 from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings
 from fedilake.stack.control import LocalStack
-from sinks.lake import HdfsLakeSink, LakeWriter, PartitionBuffer, build_sink
+from sinks.lake import HdfsLakeSink, LakeWriter, Landing, PartitionBuffer, build_sink
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +132,33 @@ def test_a_flush_interrupted_before_its_renames_is_finished_on_recovery(stack: L
     assert names and all(n == f"{topic}+0+{0:020d}+{9:020d}.json.gz" for n in names)
     assert sum(1 for _ in lake_contents(client, topic)) == 10
     assert writer.recover(topic, 1) is None
+
+
+def test_a_member_paused_past_a_rebalance_is_fenced_by_webhdfs(stack: LocalStack) -> None:
+    """The fence relies on HDFS refusing to rename onto an existing file; checked here on
+    the real WebHDFS (the unit tests use an in-memory double)."""
+    run = uuid.uuid4().hex[:8]
+    topic = f"lake-fence-{run}"
+    client = InsecureClient(HdfsSettings().webhdfs_url, user="fedilake")
+    writer = LakeWriter(client, "/fedilake")
+
+    def flush(first: int, last: int) -> Landing:
+        buffer = PartitionBuffer()
+        for offset in range(first, last + 1):
+            env = envelope(offset, run)
+            buffer.add(
+                offset, env.event_time().replace(minute=0, second=0, microsecond=0), env.to_bytes()
+            )
+        return writer.write(topic, 0, buffer)
+
+    assert flush(0, 4) is Landing.LANDED
+    assert flush(5, 9) is Landing.LANDED  # the next owner, while the old one was paused
+    assert flush(5, 7) is Landing.FENCED  # the old one, at its manifest's name
+    assert flush(10, 11) is Landing.LANDED  # prunes the manifest named 5
+    assert flush(5, 7) is Landing.FENCED  # by the newer manifest
+    names = [n for _r, _d, files in client.walk(f"/fedilake/raw/{topic}") for n in files]
+    parts = [part for part in map(PartFile.parse, names) if part is not None]
+    assert sorted({(p.first_offset, p.last_offset) for p in parts}) == [(0, 4), (5, 9), (10, 11)]
+    assert not [n for n in names if n.startswith(".")]  # the fenced flushes' temps are gone
+    assert writer.recover(topic, 0) == 12
+    assert Counter(len(hours) for hours in lake_contents(client, topic).values()) == {1: 12}

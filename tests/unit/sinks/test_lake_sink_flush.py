@@ -17,7 +17,14 @@ from kafka import TopicPartition
 
 import sinks.lake as lake_module
 from fedilake.settings import HdfsSinkSettings
-from sinks.lake import EncodedFlush, HdfsLakeSink, LakeSinkBroken, PartitionBuffer, _Recovery
+from sinks.lake import (
+    EncodedFlush,
+    HdfsLakeSink,
+    LakeSinkBroken,
+    Landing,
+    PartitionBuffer,
+    _Recovery,
+)
 from streamer.envelopes import wrap_event
 
 TOPIC = "fedilake.events"
@@ -45,6 +52,13 @@ class FakeConsumer:
         self.batches = batches
         self.committed: dict[TopicPartition, int] = {}
         self.assigned = {tp for batch in batches for tp in batch}
+        self.paused: set[TopicPartition] = set()
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused.difference_update(partitions)
 
     def assignment(self) -> set[TopicPartition]:
         return self.assigned
@@ -81,17 +95,17 @@ class FakeWriter:
         encoded: EncodedFlush | None = None,
         proceed: Any = None,
         commit_lock: Any = None,
-    ) -> bool:
+    ) -> Landing:
         if self.failures:
             self.failures -= 1
             raise self.error
         assert buffer.first is not None and buffer.last is not None
         with commit_lock or contextlib.nullcontext():
             if proceed is not None and not proceed():
-                return False
+                return Landing.GIVEN_UP
             self.committing(partition)
             self.landed.append((partition, buffer.first, buffer.last))
-        return True
+        return Landing.LANDED
 
     def committing(self, partition: int) -> None:
         """Called where the manifest is written."""
@@ -190,7 +204,7 @@ class StuckWriter(FakeWriter):
         encoded: Any = None,
         proceed: Any = None,
         commit_lock: Any = None,
-    ) -> bool:
+    ) -> Landing:
         if self.only is None or partition == self.only:
             self.entered.set()
             self.release.wait(10)
@@ -261,10 +275,13 @@ def test_partitions_assigned_during_a_stuck_flush_are_not_written_by_it(
     # Ours again after a rebalance: its position is read from the lake now, so the stuck
     # flush must not land its range afterwards (it would be read and written twice).
     _Recovery(sink).on_partitions_assigned([tp])
-    assert consumer.seeks == [] and tp not in sink.buffers  # nothing landed: from Kafka's
+    assert tp not in sink.buffers
     writer.release.set()
     sink._settle()
     assert writer.landed == []
+    consumer.assigned = {tp}
+    sink._read_positions()
+    assert consumer.seeks == [] and not consumer.paused  # nothing landed: from Kafka's
 
 
 class SeekingConsumer(FakeConsumer):
@@ -302,6 +319,86 @@ def test_an_assignment_waits_for_a_manifest_being_written_then_resumes_after_it(
     assert callback.is_alive()  # it may not read the position while the manifest lands
     writer.release.set()
     callback.join(5)
+    consumer.assigned = {tp}
+    sink._read_positions()  # the consumer loop's next turn
     assert consumer.seeks == [(0, 2)]  # after the range that landed: none read twice
     sink._settle()
     assert writer.landed == [(0, 0, 1)]
+
+
+def test_an_assignment_during_an_hdfs_outage_waits_on_the_consumer_thread_alone() -> None:
+    away, other = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+
+    class HdfsAway(FakeWriter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.away = True
+
+        def recover(self, topic: str, partition: int) -> int | None:
+            if self.away and partition == away.partition:
+                raise OSError("Connection refused")
+            return 7
+
+    consumer, writer = SeekingConsumer([]), HdfsAway()
+    consumer.assigned = {away, other}
+    sink = sink_for(consumer, writer)
+    started = time.monotonic()
+    _Recovery(sink).on_partitions_assigned([away, other])  # on the I/O thread: returns
+    sink._read_positions()
+    assert time.monotonic() - started < 1
+    assert consumer.seeks == [(1, 7)] and consumer.paused == {away}
+    sink._add(away, 3, envelope(3))  # fetched before the pause: dropped, read again
+    assert away not in sink.buffers
+    writer.away = False
+    sink._read_positions()  # too early: waits out its delay
+    assert consumer.paused == {away}
+    sink._unpositioned[away] = (0.0, 2.0)
+    sink._read_positions()
+    assert consumer.seeks == [(1, 7), (0, 7)] and not consumer.paused
+    sink._commit_landed()
+    assert consumer.committed == {away: 7, other: 7}
+
+
+def test_a_fenced_partition_drops_what_it_holds_and_resumes_from_the_lake() -> None:
+    fenced, other = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+
+    class RivalLandedFirst(FakeWriter):
+        """Another member landed offsets 0..9 of partition 0 while we were paused."""
+
+        def write(self, topic: str, partition: int, buffer: Any, *args: Any, **kw: Any) -> Any:
+            if partition == fenced.partition and not self.landed:
+                self.landed.append((partition, 0, 9))
+                return Landing.FENCED
+            return super().write(topic, partition, buffer, *args, **kw)
+
+    consumer, writer = SeekingConsumer([]), RivalLandedFirst()
+    consumer.assigned = {fenced, other}
+    sink = sink_for(consumer, writer)
+    buffered(sink, fenced, 0, 1, 2)
+    buffered(sink, other, 0, 1)
+    sink._flush_in_background()
+    sink._settle()
+    sink._add(fenced, 3, envelope(3))  # consumed meanwhile: read again from the lake's end
+    sink._add(other, 2, envelope(2))
+    sink._flush_in_background()  # partition 0 lands nothing until it has resumed
+    sink._settle()
+    assert [(p, f, last) for p, f, last in writer.landed] == [(0, 0, 9), (1, 0, 1), (1, 2, 2)]
+    sink._read_positions()  # on the consumer's thread, at the top of the loop
+    assert consumer.seeks == [(0, 10)] and fenced not in sink.buffers
+    sink._commit_landed()
+    assert consumer.committed == {fenced: 10, other: 3}
+    buffered(sink, fenced, 10, 11)
+    sink.flush()
+    assert writer.landed[-1] == (0, 10, 11)
+
+
+def test_records_fetched_before_a_new_partition_was_positioned_are_read_again() -> None:
+    tp = TopicPartition(TOPIC, 0)
+    consumer, writer = SeekingConsumer([]), FakeWriter()  # nothing of it in the lake
+    consumer.assigned = {tp}
+    sink = sink_for(consumer, writer)
+    _Recovery(sink).on_partitions_assigned([tp])
+    sink._add(tp, 40, envelope(40))  # returned by the poll that ran the callback
+    sink._add(tp, 41, envelope(41))
+    sink._read_positions()
+    assert consumer.seeks == [(0, 40)] and tp not in sink.buffers and not consumer.paused

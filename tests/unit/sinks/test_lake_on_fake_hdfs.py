@@ -1,5 +1,6 @@
-"""Compaction against an in-memory WebHDFS fake, with files landing at the worst moments:
-a delete must never be judged irrelevant to an hour holding its status."""
+"""The lake writer and compaction against an in-memory WebHDFS fake, with other writers
+landing at the worst moments: a delete must never be judged irrelevant to an hour holding
+its status, and a range landed by one member is never landed again by another."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from hdfs import HdfsError
 import sinks.compactor as compactor_module
 from fedilake.contracts import Envelope, EventKind, PartFile
 from sinks.compactor import HourlyCompactor
-from sinks.lake import LakeWriter, PartitionBuffer, hour_of
+from sinks.lake import LakeWriter, Landing, PartitionBuffer, hour_of
 
 HOUR = datetime(2023, 5, 6, 7, tzinfo=UTC)
 LATER = datetime.now(UTC) + timedelta(days=400)
@@ -125,13 +126,17 @@ def delete(n: int) -> Envelope:  # lands in the 09:00 hour, its status in 07:00
     )
 
 
-def flush(writer: LakeWriter, partition: int, first: int, envelopes: list[Envelope]) -> None:
+def buffered(first: int, envelopes: list[Envelope]) -> PartitionBuffer:
     buffer = PartitionBuffer()
     for offset, envelope in enumerate(envelopes, first):
         moment = envelope.event_time()
         kind = envelope.kind
         buffer.add(offset, hour_of(moment), envelope.to_bytes(), moment, kind is EventKind.DELETE)
-    writer.write(TOPIC, partition, buffer)
+    return buffer
+
+
+def flush(writer: LakeWriter, partition: int, first: int, envelopes: list[Envelope]) -> Landing:
+    return writer.write(TOPIC, partition, buffered(first, envelopes))
 
 
 def kept(client: FakeHdfs) -> list[tuple[str, str | None]]:
@@ -238,3 +243,123 @@ def test_an_hour_compacted_by_an_older_rule_is_compacted_again_whole(
     assert sorted(r.hour for r in results) == [HOUR, HOUR + timedelta(hours=2)]
     assert kept(client) == [("status", str(k)) for k in (0, 1, 3)]
     assert compactor.run(TOPIC, now=LATER) == []
+
+
+def landed_offsets(client: FakeHdfs) -> list[tuple[int, int]]:
+    """The offset ranges of the visible part files of partition 0 (hidden temps excluded)."""
+    return sorted(
+        (part.first_offset, part.last_offset)
+        for path in client.files
+        if (part := PartFile.parse(posixpath.basename(path))) is not None
+        and part.partition == 0
+        and "/raw/" in path
+    )
+
+
+def test_a_member_paused_past_a_rebalance_cannot_land_a_range_another_landed() -> None:
+    client, writer, _compactor = lake()
+    assert flush(writer, 0, 0, [status(k) for k in range(5)]) is Landing.LANDED
+    # The next owner resumed at 5 and landed 5..9 while the old one was paused with 5..7.
+    assert flush(writer, 0, 5, [status(k) for k in range(5, 10)]) is Landing.LANDED
+    assert flush(writer, 0, 5, [status(k) for k in range(5, 8)]) is Landing.FENCED
+    assert landed_offsets(client) == [(0, 4), (5, 9)]
+    assert not [p for p in client.files if p.endswith(".tmp")]  # its temps are gone
+    assert writer.recover(TOPIC, 0) == 10
+
+
+def test_the_fence_holds_after_the_manifests_it_would_collide_with_are_pruned() -> None:
+    client, writer, _compactor = lake()
+    flush(writer, 0, 0, [status(k) for k in range(5)])
+    flush(writer, 0, 5, [status(k) for k in range(5, 10)])
+    flush(writer, 0, 10, [status(k) for k in range(10, 12)])  # prunes the one at 5
+    assert flush(writer, 0, 5, [status(k) for k in range(5, 8)]) is Landing.FENCED
+    assert landed_offsets(client) == [(0, 4), (5, 9), (10, 11)]
+    assert writer.recover(TOPIC, 0) == 12
+
+
+def test_of_two_members_landing_from_one_offset_the_later_is_fenced_at_its_manifest() -> None:
+    client, writer, _compactor = lake()
+    flush(writer, 0, 0, [status(k) for k in range(5)])
+
+    def rival_lands_first(op: str, path: str) -> None:
+        if op == "write" and "/_offsets/" in path and path.endswith(".tmp") and client.hooks:
+            client.hooks.clear()
+            assert flush(writer, 0, 5, [status(k) for k in range(5, 9)]) is Landing.LANDED
+
+    client.hooks.append(rival_lands_first)
+    assert flush(writer, 0, 5, [status(k) for k in range(5, 7)]) is Landing.FENCED
+    assert landed_offsets(client) == [(0, 4), (5, 8)]
+    assert writer.recover(TOPIC, 0) == 9
+
+
+def test_a_retried_flush_whose_manifest_landed_only_finishes_its_renames() -> None:
+    client, writer, _compactor = lake()
+    buffer = buffered(0, [status(k) for k in range(5)])
+
+    class DiesBeforeRenames(LakeWriter):
+        def _rename_all(self, moves: object) -> None:
+            raise OSError("HDFS went away after the manifest")
+
+    with pytest.raises(OSError):
+        DiesBeforeRenames(client, "/r").write(TOPIC, 0, buffer)
+    assert landed_offsets(client) == []
+    assert writer.write(TOPIC, 0, buffer) is Landing.LANDED
+    assert landed_offsets(client) == [(0, 4)]
+
+
+def test_pruning_keeps_a_later_manifest_another_member_landed() -> None:
+    client, writer, _compactor = lake()
+    flush(writer, 0, 0, [status(k) for k in range(5)])
+
+    buffer = buffered(5, [status(k) for k in range(5, 7)])
+
+    class RivalBeforePrune(LakeWriter):
+        # Between our renames and our pruning, the next owner recovers from our manifest
+        # and lands the next range.
+        def _prune_manifests(self, topic: str, partition: int, keep: str) -> None:
+            assert writer.recover(TOPIC, 0) == 7
+            assert flush(writer, 0, 7, [status(k) for k in range(7, 9)]) is Landing.LANDED
+            super()._prune_manifests(topic, partition, keep)
+
+    assert RivalBeforePrune(client, "/r").write(TOPIC, 0, buffer) is Landing.LANDED
+    assert writer.recover(TOPIC, 0) == 9  # its manifest survived our pruning
+
+
+def test_a_member_holding_the_same_range_never_revives_files_compaction_merged() -> None:
+    client, writer, compactor = lake()
+    flush(writer, 0, 0, [status(k) for k in range(5)])
+    stale = buffered(5, [status(k) for k in range(5, 10)])  # both members read 5..9
+
+    def other_lands_and_compacts(op: str, path: str) -> None:
+        if op == "write" and "/raw/" in path and path.endswith(".tmp") and client.hooks:
+            client.hooks.clear()  # we are about to write our temporary files: paused
+            assert flush(writer, 0, 5, [status(k) for k in range(5, 10)]) is Landing.LANDED
+            compactor.run(TOPIC, now=LATER)  # the partition is idle: its hour closes
+
+    client.hooks.append(other_lands_and_compacts)
+    assert writer.write(TOPIC, 0, stale) is Landing.FENCED
+    assert kept(client) == [("status", str(k)) for k in range(10)]
+    assert not [p for p in client.files if p.endswith(".tmp")]
+
+
+def test_recovery_never_renames_the_temporary_files_of_another_member() -> None:
+    client, writer, compactor = lake()
+    flush(writer, 0, 0, [status(k) for k in range(5)])
+    stale = buffered(5, [status(k) for k in range(5, 10)])
+    steps: list[str] = []
+
+    def interleave(op: str, path: str) -> None:
+        if op == "write" and "/raw/" in path and path.endswith(".tmp") and not steps:
+            steps.append("other landed")  # we are about to write our temporary files
+            client.hooks.clear()
+            assert flush(writer, 0, 5, [status(k) for k in range(5, 10)]) is Landing.LANDED
+            compactor.run(TOPIC, now=LATER)
+            client.hooks.append(interleave)
+        elif op == "write" and "/_offsets/" in path and steps == ["other landed"]:
+            steps.append("recovered")  # our temps are written; a rebalance reads the lake
+            assert writer.recover(TOPIC, 0) == 10
+
+    client.hooks.append(interleave)
+    assert writer.write(TOPIC, 0, stale) is Landing.FENCED
+    assert steps == ["other landed", "recovered"]
+    assert kept(client) == [("status", str(k)) for k in range(10)]
