@@ -426,7 +426,6 @@ class HdfsLakeSink:
         # the lake (just assigned, or fenced off by another member's landing), with when
         # to try next and how long to wait after that if HDFS does not answer.
         self._unpositioned: dict[TopicPartition, tuple[float, float]] = {}
-        self._dropped_from: dict[TopicPartition, int] = {}  # their first record consumed
         self._landed_lock = threading.Lock()
 
     def run(self, topics: Iterable[str] = (Topics.EVENTS.name,)) -> None:
@@ -598,7 +597,6 @@ class HdfsLakeSink:
         for tp, (due, delay) in self._unpositioned.copy().items():
             if tp not in assignment:
                 del self._unpositioned[tp]
-                self._dropped_from.pop(tp, None)
                 self.buffers.pop(tp, None)
                 continue
             self.consumer.pause(tp)
@@ -606,9 +604,16 @@ class HdfsLakeSink:
                 continue
             try:
                 position = self.writer.recover(tp.topic, tp.partition)
-            except (HdfsError, OSError) as exc:
+                # Nothing of it in the lake yet: from the group's committed offset (which
+                # only ever follows the lake), else from the start, as a new group does.
+                # Never from where the consumer happens to be: what it held of the
+                # partition may have been dropped unlanded (a rebalance, a fence).
+                committed = (
+                    self.consumer.committed(tp, timeout_ms=10000) if position is None else None
+                )
+            except (HdfsError, OSError, KafkaError) as exc:
                 log.warning(
-                    "cannot read %s[%d]'s position from the lake (%s); it waits, retrying in %.0fs",
+                    "cannot read %s[%d]'s position (%s); it stays paused, retrying in %.0fs",
                     tp.topic,
                     tp.partition,
                     exc,
@@ -616,11 +621,11 @@ class HdfsLakeSink:
                 )
                 self._unpositioned[tp] = (time.monotonic() + delay, min(delay * 2, 30.0))
                 continue
-            dropped_from = self._dropped_from.pop(tp, None)
-            if position is None and dropped_from is not None:
-                # Nothing of it in the lake: from where the group's offset had us start.
-                self.consumer.seek(tp, dropped_from)
-            if position is not None:
+            if position is None and committed is None:
+                self.consumer.seek_to_beginning(tp)
+            elif position is None:
+                self.consumer.seek(tp, committed)
+            else:
                 self.consumer.seek(tp, position)
                 # Committed by this loop: the group's offset follows the lake even when
                 # the previous owner could not commit its last flush.
@@ -635,7 +640,6 @@ class HdfsLakeSink:
 
     def _add(self, tp: TopicPartition, offset: int, value: bytes) -> None:
         if tp in self._unpositioned:
-            self._dropped_from.setdefault(tp, offset)
             return  # read again from the lake's position
         try:
             envelope = Envelope.from_bytes(value)

@@ -50,7 +50,7 @@ def envelope(n: int) -> bytes:
 class FakeConsumer:
     def __init__(self, batches: list[dict[TopicPartition, list[Record]]]) -> None:
         self.batches = batches
-        self.committed: dict[TopicPartition, int] = {}
+        self.commits: dict[TopicPartition, int] = {}
         self.assigned = {tp for batch in batches for tp in batch}
         self.paused: set[TopicPartition] = set()
 
@@ -59,6 +59,15 @@ class FakeConsumer:
 
     def resume(self, *partitions: TopicPartition) -> None:
         self.paused.difference_update(partitions)
+
+    def committed(self, tp: TopicPartition, timeout_ms: int | None = None) -> int | None:
+        return self.commits.get(tp)
+
+    def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        self.seek(partitions[0], 0)  # as the fakes see it: from the first offset
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        pass
 
     def assignment(self) -> set[TopicPartition]:
         return self.assigned
@@ -73,7 +82,7 @@ class FakeConsumer:
         return {}
 
     def commit(self, offsets: dict[TopicPartition, Any]) -> None:
-        self.committed.update({tp: meta.offset for tp, meta in offsets.items()})
+        self.commits.update({tp: meta.offset for tp, meta in offsets.items()})
 
     def close(self, autocommit: bool = False) -> None:
         pass
@@ -150,7 +159,7 @@ def test_background_flushes_land_in_offset_order_and_retry_any_failure(
         ranges = [(first, last) for p, first, last in writer.landed if p == tp.partition]
         assert ranges[0][0] == 0 and ranges[-1][1] == 59
         assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(ranges))
-        assert consumer.committed[tp] == 60
+        assert consumer.commits[tp] == 60
 
 
 def test_nothing_lands_after_a_background_flush_failed() -> None:
@@ -236,7 +245,7 @@ def test_a_partition_lost_during_a_flush_is_not_written_and_callbacks_never_comm
     sink._settle()
     assert [p for p, _, _ in writer.landed] == [kept.partition]
     sink._commit_landed()
-    assert consumer.committed == {kept: 2} and commit_threads == ["MainThread"]
+    assert consumer.commits == {kept: 2} and commit_threads == ["MainThread"]
 
 
 def test_a_revoke_gives_up_a_flush_hdfs_holds_and_nothing_of_it_lands_later(
@@ -281,7 +290,7 @@ def test_partitions_assigned_during_a_stuck_flush_are_not_written_by_it(
     assert writer.landed == []
     consumer.assigned = {tp}
     sink._read_positions()
-    assert consumer.seeks == [] and not consumer.paused  # nothing landed: from Kafka's
+    assert consumer.seeks == [(0, 0)] and not consumer.paused  # nothing landed: from the start
 
 
 class SeekingConsumer(FakeConsumer):
@@ -356,7 +365,7 @@ def test_an_assignment_during_an_hdfs_outage_waits_on_the_consumer_thread_alone(
     sink._read_positions()
     assert consumer.seeks == [(1, 7), (0, 7)] and not consumer.paused
     sink._commit_landed()
-    assert consumer.committed == {away: 7, other: 7}
+    assert consumer.commits == {away: 7, other: 7}
 
 
 def test_a_fenced_partition_drops_what_it_holds_and_resumes_from_the_lake() -> None:
@@ -386,19 +395,24 @@ def test_a_fenced_partition_drops_what_it_holds_and_resumes_from_the_lake() -> N
     sink._read_positions()  # on the consumer's thread, at the top of the loop
     assert consumer.seeks == [(0, 10)] and fenced not in sink.buffers
     sink._commit_landed()
-    assert consumer.committed == {fenced: 10, other: 3}
+    assert consumer.commits == {fenced: 10, other: 3}
     buffered(sink, fenced, 10, 11)
     sink.flush()
     assert writer.landed[-1] == (0, 10, 11)
 
 
-def test_records_fetched_before_a_new_partition_was_positioned_are_read_again() -> None:
-    tp = TopicPartition(TOPIC, 0)
-    consumer, writer = SeekingConsumer([]), FakeWriter()  # nothing of it in the lake
-    consumer.assigned = {tp}
+def test_a_partition_the_lake_has_nothing_of_resumes_from_the_groups_offset() -> None:
+    """Never from where the consumer is: a rebalance may have dropped what it held."""
+    tp, fresh = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    # Nothing of either in the lake, and HDFS away at the rebalance.
+    consumer, writer = SeekingConsumer([]), FakeWriter(failures=9, error=OSError("away"))
+    consumer.assigned = {tp, fresh}
+    consumer.commits = {tp: 40}
     sink = sink_for(consumer, writer)
-    _Recovery(sink).on_partitions_assigned([tp])
-    sink._add(tp, 40, envelope(40))  # returned by the poll that ran the callback
-    sink._add(tp, 41, envelope(41))
+    buffered(sink, tp, 40, 41)
+    _Recovery(sink).on_partitions_revoked([tp, fresh])  # nothing lands
+    _Recovery(sink).on_partitions_assigned([tp, fresh])
+    sink._add(tp, 42, envelope(42))  # fetched before the pause
     sink._read_positions()
-    assert consumer.seeks == [(0, 40)] and tp not in sink.buffers and not consumer.paused
+    assert sorted(consumer.seeks) == [(0, 40), (1, 0)] and not sink.buffers
+    assert not consumer.paused
