@@ -482,13 +482,18 @@ class HdfsLakeSink:
             self.buffers.pop(tp, None)
         self.consumer.pause(*partitions)
 
-    def _flush_in_background(self) -> None:
-        """Hand the buffers to the flush thread and go on consuming into new ones."""
+    def _flush_in_background(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Hand the buffers (of `partitions`, default all) to the flush thread and go on
+        consuming into new ones."""
         if self._broken:
             raise LakeSinkBroken(
                 "an earlier lake flush failed; stopping so that a restart resumes from the lake"
             )
-        taken, self.buffers, self.buffered_bytes = self.buffers, {}, 0
+        if partitions is None:
+            taken, self.buffers, self.buffered_bytes = self.buffers, {}, 0
+        else:
+            taken = {tp: self.buffers.pop(tp) for tp in partitions if tp in self.buffers}
+            self.buffered_bytes = sum(b.size() for b in self.buffers.values())
         for tp in self._unpositioned.copy():
             taken.pop(tp, None)
         if self._flusher is None:
@@ -515,10 +520,14 @@ class HdfsLakeSink:
         in flight longer, nothing more of these lands here, and the next owner reads it
         again from Kafka, from where the lake ends."""
         revoked = list(revoked)
+        deadline = time.monotonic() + REBALANCE_WAIT_S
         try:
-            if self.settle_quietly(REBALANCE_WAIT_S):
-                self.flush(revoked)
-            else:
+            settled = self.settle_quietly(REBALANCE_WAIT_S)
+            if settled and not self._broken and any(tp in self.buffers for tp in revoked):
+                # Landed like any flush, in the background, so that the wait has a bound.
+                self._flush_in_background(revoked)
+                settled = self.settle_quietly(max(0.0, deadline - time.monotonic()))
+            if not settled:
                 log.warning(
                     "a lake flush is still running after %.0fs at a rebalance: %s left to "
                     "their next owner, who reads them again from Kafka",
@@ -571,6 +580,8 @@ class HdfsLakeSink:
         commits: Commits = {}
         delay = 1.0
         while True:
+            if all(tp in skip for tp in buffers):
+                return commits  # given up while HDFS was away (a rebalance): nothing to do
             try:
                 self._land(buffers, list(buffers), commits, skip)
                 return commits

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -101,6 +102,58 @@ def test_every_event_lands_once_in_its_event_hour_across_restarts(stack: LocalSt
     assert Counter(len(partitions) for partitions in found.values()) == {1: 600}
     for env in everything:  # event time, not arrival time, decides the partition
         assert found[env.uri or ""] == [f"dt={env.event_time():%Y-%m-%d}/hr={env.event_time():%H}"]
+
+
+def test_members_joining_and_leaving_mid_stream_land_every_event_once(stack: LocalStack) -> None:
+    """Rebalances while events flow: revoked partitions are handed over (landed or given
+    up within the callback's bound), assigned ones resume from where the lake ends."""
+    run = uuid.uuid4().hex[:8]
+    topic = f"lake-group-{run}"
+    ensure_topics(KafkaSettings(), [TopicSpec(topic, partitions=4)])
+    client = InsecureClient(HdfsSettings().webhdfs_url, user="fedilake")
+    settings = HdfsSinkSettings(group_id=f"lake-{run}", flush_events=40, flush_interval_s=0.5)
+    everything = [envelope(n, run) for n in range(900)]
+    members: list[tuple[HdfsLakeSink, threading.Thread]] = []
+
+    def join() -> HdfsLakeSink:
+        sink = build_sink(settings, KafkaSettings(), HdfsSettings())
+        thread = threading.Thread(target=sink.run, kwargs={"topics": [topic]})
+        thread.start()
+        members.append((sink, thread))
+        return sink
+
+    def landed() -> int:
+        return sum(len(hours) for hours in lake_contents(client, topic).values())
+
+    try:
+        first = join()
+        produce(topic, everything[:300])
+        assert wait_for(lambda: first.written > 0, 60)
+        join()  # a rebalance while the first member holds unlanded events
+        produce(topic, everything[300:600])
+        time.sleep(3)
+        join()
+        first.stop()  # leaves: another rebalance
+        produce(topic, everything[600:])
+        assert wait_for(lambda: landed() >= len(everything), 120), f"{landed()} landed"
+        time.sleep(2)  # anything landing twice would land by now
+    finally:
+        for sink, thread in members:
+            sink.stop()
+            thread.join(60)
+
+    found = lake_contents(client, topic)
+    assert set(found) == {e.uri for e in everything}
+    assert Counter(len(partitions) for partitions in found.values()) == {1: len(everything)}
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.5)
+    return check()
 
 
 def test_a_flush_interrupted_before_its_renames_is_finished_on_recovery(stack: LocalStack) -> None:

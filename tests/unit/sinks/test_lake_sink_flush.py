@@ -401,8 +401,11 @@ def test_a_fenced_partition_drops_what_it_holds_and_resumes_from_the_lake() -> N
     assert writer.landed[-1] == (0, 10, 11)
 
 
-def test_a_partition_the_lake_has_nothing_of_resumes_from_the_groups_offset() -> None:
+def test_a_partition_the_lake_has_nothing_of_resumes_from_the_groups_offset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Never from where the consumer is: a rebalance may have dropped what it held."""
+    monkeypatch.setattr(lake_module, "REBALANCE_WAIT_S", 0.2)
     tp, fresh = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
     # Nothing of either in the lake, and HDFS away at the rebalance.
     consumer, writer = SeekingConsumer([]), FakeWriter(failures=9, error=OSError("away"))
@@ -416,3 +419,21 @@ def test_a_partition_the_lake_has_nothing_of_resumes_from_the_groups_offset() ->
     sink._read_positions()
     assert sorted(consumer.seeks) == [(0, 40), (1, 0)] and not sink.buffers
     assert not consumer.paused
+
+
+def test_a_revoke_lands_what_it_holds_within_the_callbacks_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lake_module, "REBALANCE_WAIT_S", 0.2)
+    revoked, kept = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    writer = StuckWriter(only=revoked.partition)  # HDFS holds its landing up
+    sink = sink_for(FakeConsumer([]), writer)
+    buffered(sink, revoked, 0, 1)
+    buffered(sink, kept, 0, 1)
+    started = time.monotonic()
+    _Recovery(sink).on_partitions_revoked([revoked])
+    assert time.monotonic() - started < 2 and writer.entered.is_set()
+    assert list(sink.buffers) == [kept]  # still ours, still buffered
+    writer.release.set()
+    sink._settle()
+    assert writer.landed == []  # the next owner reads 0..1 again from Kafka
