@@ -31,13 +31,14 @@ from fedilake.contracts import (
     Topics,
     raw_day_dir,
     raw_hour_dir,
+    tombstone_dir,
 )
 from fedilake.kafka_topics import end_offsets, ensure_topics
 from fedilake.pipeline import spawn_cli
 from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings, StackSettings
 from fedilake.stack.control import LocalStack
 from sinks.compactor import build_compactor
-from sinks.lake import LakeWriter, webhdfs_client
+from sinks.lake import LakeWriter, parse_part_temp, webhdfs_client
 from streamer.delivery import make_producer
 
 
@@ -70,6 +71,7 @@ class LakeVerdict:
     hours_split: list[str] = field(default_factory=list)  # a partition with several files
     files_before: int = 0
     files_after: int = 0
+    temps_left: int = 0  # temporary part files of cut-short flushes after compaction
     compaction_idempotent: bool = True
 
     @property
@@ -84,6 +86,7 @@ class LakeVerdict:
                 or self.deleted_kept
                 or self.hours_unsealed
                 or self.hours_split
+                or self.temps_left
             )
             and self.compaction_idempotent
         )
@@ -95,7 +98,8 @@ class LakeVerdict:
             f"sent by this run; after compaction "
             f"{self.missing_after} missing, {self.deleted_kept} deleted ones kept, "
             f"{len(self.hours_unsealed)} hours without {SUCCESS_MARKER}, "
-            f"{len(self.hours_split)} hours with a partition in several files; "
+            f"{len(self.hours_split)} hours with a partition in several files, "
+            f"{self.temps_left} temporary files left; "
             f"files {self.files_before} -> {self.files_after}"
             + ("" if self.compaction_idempotent else "; a second compaction changed something")
         )
@@ -156,6 +160,25 @@ def delete(original: Envelope) -> Envelope:
         uri=None,
         status_id=original.status_id,
         payload=original.status_id or "",
+    )
+
+
+def stranded_temps(lake: LakeWriter, day: date, hours: int) -> int:
+    """Temporary part files in the day's hours and the tombstones (after compaction, every
+    one a flush can no longer land should be gone)."""
+    directories = [
+        raw_hour_dir(
+            Topics.EVENTS.name, datetime(day.year, day.month, day.day, hour, tzinfo=UTC), lake.root
+        )
+        for hour in range(hours)
+    ]
+    directories.append(tombstone_dir(Topics.EVENTS.name, lake.root))
+    return sum(
+        1
+        for directory in directories
+        if lake.client.status(directory, strict=False) is not None
+        for name in lake.client.list(directory)
+        if parse_part_temp(name) is not None
     )
 
 
@@ -290,6 +313,7 @@ def run_lake_scenario(
     verdict.deleted_kept = sum(1 for uri in deleted_uris if after[uri or ""])
     verdict.doubled += sum(copies - 1 for copies in after.values() if copies > 1)
     verdict.files_after = sum(len(names) for names in files_after.values())
+    verdict.temps_left = stranded_temps(lake, day, scenario.hours)
     for directory, names in files_after.items():
         if client.status(f"{directory}/{SUCCESS_MARKER}", strict=False) is None:
             verdict.hours_unsealed.append(directory)

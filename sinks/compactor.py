@@ -171,7 +171,9 @@ class HourlyCompactor:
         directory = tombstone_dir(topic, self.root)
         if self.client.status(directory, strict=False) is None:
             return []
-        return sorted(n for n in self.client.list(directory) if PartFile.parse(n) is not None)
+        names = self.client.list(directory)
+        self.writer.sweep_temps(directory, names)
+        return sorted(n for n in names if PartFile.parse(n) is not None)
 
     def deleted_statuses(self, topic: str, names: Iterable[str]) -> DeletedStatuses:
         """The statuses the tombstone files `names` delete (read once per file and run)."""
@@ -227,6 +229,7 @@ class HourlyCompactor:
     ) -> CompactionResult | None:
         directory = raw_hour_dir(topic, hour, self.root)
         files, listing = self.part_files(directory)
+        self.writer.sweep_temps(directory, listing)
         seen = self._applied(directory, listing)
         if seen is None:  # never compacted, a late file, or a compaction cut short
             return self.compact_hour(topic, hour, self.deleted_statuses(topic, names), frontier)

@@ -21,6 +21,7 @@ import gzip
 import json
 import logging
 import posixpath
+import re
 import threading
 import time
 import uuid
@@ -189,13 +190,13 @@ class LakeWriter:
         moves = []
         for hour, data in encoded.parts:
             directory = raw_hour_dir(topic, hour, self.root)
-            temp = f"{directory}/.{name}.{buffer.token}.tmp"
+            temp = f"{directory}/{part_temp_name(name, buffer.token)}"
             self.client.write(temp, data=data, overwrite=True)
             moves.append((temp, f"{directory}/{name}"))
         if encoded.deletes is not None:
             # Deletes are also kept apart, so compaction finds every tombstone cheaply.
             directory = tombstone_dir(topic, self.root)
-            temp = f"{directory}/.{name}.{buffer.token}.tmp"
+            temp = f"{directory}/{part_temp_name(name, buffer.token)}"
             self.client.write(temp, data=encoded.deletes, overwrite=True)
             moves.append((temp, f"{directory}/{name}"))
         with commit_lock or contextlib.nullcontext():
@@ -302,6 +303,34 @@ class LakeWriter:
         with self.client.read(f"{directory}/{name}") as reader:
             return json.loads(reader.read()), int(status["modificationTime"])
 
+    def sweep_temps(self, directory: str, names: Iterable[str]) -> int:
+        """Remove the temporary part files among `names` (in `directory`) that no flush can
+        rename any more: those of a range starting at or before the partition's latest
+        manifest that the manifest does not name (a flush cut short by a crash, given up
+        or fenced). Returns how many went."""
+        latest: dict[tuple[str, int], dict[str, Any] | None] = {}
+        removed = 0
+        for name in names:
+            part = parse_part_temp(name)
+            if part is None:
+                continue
+            key = (part.topic, part.partition)
+            if key not in latest:
+                found = self.latest_manifest(*key)
+                latest[key] = found[0] if found is not None else None
+            manifest, path = latest[key], f"{directory}/{name}"
+            if (
+                manifest is None  # nothing landed yet: it may be the first flush's
+                or part.first_offset > int(manifest["first"])  # a flush may be landing it
+                or path in {temp for temp, _final in manifest["files"]}  # its renames
+            ):
+                continue
+            self.client.delete(path)
+            removed += 1
+        if removed:
+            log.info("removed %d temporary part files no flush can land, in %s", removed, directory)
+        return removed
+
     def partitions(self, topic: str) -> list[int]:
         try:
             return sorted(int(n) for n in self.client.list(f"{self.root}/_offsets/{topic}"))
@@ -350,6 +379,20 @@ class LakeWriter:
         for name in self.client.list(directory):
             if _is_manifest(name) and name < kept:
                 self.client.delete(f"{directory}/{name}")
+
+
+_PART_TEMP = re.compile(r"^\.(?P<part>[^/]+\.json\.gz)(?:\.[0-9a-f]+)?\.tmp$")
+
+
+def part_temp_name(name: str, token: str) -> str:
+    """A flush's hidden temporary name for the part file `name`."""
+    return f".{name}.{token}.tmp"
+
+
+def parse_part_temp(name: str) -> PartFile | None:
+    """The part file a flush's temporary file (this version's or the last's) stands for."""
+    match = _PART_TEMP.match(name)
+    return PartFile.parse(match["part"]) if match else None
 
 
 def _is_manifest(name: str) -> bool:

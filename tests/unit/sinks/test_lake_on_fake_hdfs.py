@@ -363,3 +363,45 @@ def test_recovery_never_renames_the_temporary_files_of_another_member() -> None:
     assert writer.write(TOPIC, 0, stale) is Landing.FENCED
     assert steps == ["other landed", "recovered"]
     assert kept(client) == [("status", str(k)) for k in range(10)]
+
+
+def temps(client: FakeHdfs) -> list[str]:
+    return sorted(posixpath.basename(p) for p in client.files if p.endswith(".tmp"))
+
+
+def test_temporary_files_no_flush_can_land_are_swept_by_compaction() -> None:
+    client, writer, compactor = lake()
+
+    class KilledBeforeManifest(LakeWriter):
+        def _commit(self, *args: Any) -> Landing:
+            raise OSError("kill -9 between the temporary files and the manifest")
+
+    with pytest.raises(OSError):  # offsets 0 and 1, as a crash leaves them
+        KilledBeforeManifest(client, "/r").write(TOPIC, 0, buffered(0, [status(0), delete(9)]))
+    stranded = temps(client)
+    assert len(stranded) == 3  # one per event hour, and the tombstone file
+    compactor.run(TOPIC, now=LATER)
+    assert temps(client) == stranded  # nothing landed yet: it may be the first flush's
+    # After the restart, the same offsets land again under a new flush's names.
+    assert flush(writer, 0, 0, [status(0), delete(9)]) is Landing.LANDED
+    compactor.run(TOPIC, now=LATER)
+    assert temps(client) == []
+    assert kept(client) == [("status", "0")]
+
+
+def test_the_renames_a_crash_left_to_recovery_are_never_swept() -> None:
+    client, writer, compactor = lake()
+    flush(writer, 0, 0, [status(0)])
+
+    class KilledBeforeRenames(LakeWriter):
+        def _rename_all(self, moves: object) -> None:
+            raise OSError("kill -9 between the manifest and the renames")
+
+    with pytest.raises(OSError):
+        KilledBeforeRenames(client, "/r").write(TOPIC, 0, buffered(1, [status(1), status(2)]))
+    assert len(temps(client)) == 1
+    compactor.run(TOPIC, now=LATER)
+    assert len(temps(client)) == 1  # the latest manifest names it: recovery renames it
+    assert writer.recover(TOPIC, 0) == 3
+    compactor.run(TOPIC, now=LATER)
+    assert temps(client) == [] and kept(client) == [("status", str(k)) for k in range(3)]
