@@ -318,14 +318,15 @@ class LakeWriter:
             if key not in latest:
                 found = self.latest_manifest(*key)
                 latest[key] = found[0] if found is not None else None
-            manifest, path = latest[key], f"{directory}/{name}"
+            manifest = latest[key]
             if (
                 manifest is None  # nothing landed yet: it may be the first flush's
                 or part.first_offset > int(manifest["first"])  # a flush may be landing it
-                or path in {temp for temp, _final in manifest["files"]}  # its renames
+                # Its renames (by name: the flush's token makes it that flush's alone).
+                or name in {posixpath.basename(temp) for temp, _final in manifest["files"]}
             ):
                 continue
-            self.client.delete(path)
+            self.client.delete(f"{directory}/{name}")
             removed += 1
         if removed:
             log.info("removed %d temporary part files no flush can land, in %s", removed, directory)
@@ -432,8 +433,10 @@ class _Recovery(ConsumerRebalanceListener):
         # keeps it longer than a callback may take) writes none of these partitions. The
         # reading itself happens on the consumer's thread, where an HDFS outage holds up
         # nothing but these partitions.
+        deadline = time.monotonic() + REBALANCE_WAIT_S
         if not self.sink.settle_quietly(REBALANCE_WAIT_S):
-            self.sink.abandon(assigned)  # read again from the lake's position
+            # Read again from the lake's position.
+            self.sink.abandon(assigned, max(0.0, deadline - time.monotonic()))
         self.sink.position_from_lake(assigned)
 
 
@@ -544,18 +547,30 @@ class HdfsLakeSink:
         self._skip = set()
         self._in_flight = self._flusher.submit(self._land_until_done, taken, self._skip)
 
-    def abandon(self, lost: Iterable[TopicPartition]) -> None:
+    def abandon(self, lost: Iterable[TopicPartition], wait_s: float | None = None) -> None:
         """The flush in flight must not write these (another member may own them, or we
         are about to read their position from the lake), and their buffers go (they are
-        read again from that position). Returns once no manifest of that flush is being
-        written: from then on, nothing of these partitions lands here."""
+        read again from that position). Waits (at most `wait_s`, default the rebalance
+        bound) for a manifest of these being written: after that, nothing of them lands
+        here. Should HDFS hold one longer it may still land, and the manifest fence then
+        refuses whichever of it and the next landing of the same offsets comes second."""
+        lost = list(lost)
         for tp in lost:
             self._skip.add(tp)
             self.buffers.pop(tp, None)
         self.buffered_bytes = sum(b.size() for b in self.buffers.values())
+        deadline = time.monotonic() + (REBALANCE_WAIT_S if wait_s is None else wait_s)
         for tp in lost:
-            with self._commit_lock(tp):
-                pass
+            lock = self._commit_lock(tp)
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                lock.release()
+            else:
+                log.warning(
+                    "%s[%d]: a manifest is still being written at a rebalance; the lake's "
+                    "fence decides whether it or the next landing of its offsets stands",
+                    tp.topic,
+                    tp.partition,
+                )
 
     def hand_over(self, revoked: Iterable[TopicPartition]) -> None:
         """Land what we hold of `revoked` for its next owner, within what a rebalance
@@ -580,7 +595,7 @@ class HdfsLakeSink:
         except Exception as exc:  # noqa: BLE001 - what did not land is read again
             log.warning("could not land the revoked partitions' events: %s", exc)
         finally:
-            self.abandon(revoked)  # never written later by us
+            self.abandon(revoked, max(0.0, deadline - time.monotonic()))
 
     def settle_quietly(self, wait_s: float | None = None) -> bool:
         """Wait (at most `wait_s`) for the background flush; False if it is still running.

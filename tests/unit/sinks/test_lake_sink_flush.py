@@ -302,7 +302,7 @@ class SeekingConsumer(FakeConsumer):
         self.seeks.append((tp.partition, offset))
 
 
-def test_an_assignment_waits_for_a_manifest_being_written_then_resumes_after_it(
+def test_an_assignment_waits_for_a_manifest_being_written_only_within_its_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(lake_module, "REBALANCE_WAIT_S", 0.2)
@@ -322,17 +322,15 @@ def test_an_assignment_waits_for_a_manifest_being_written_then_resumes_after_it(
     buffered(sink, tp, 0, 1)
     sink._flush_in_background()
     assert writer.entered.wait(5)
-    callback = threading.Thread(target=_Recovery(sink).on_partitions_assigned, args=([tp],))
-    callback.start()
-    callback.join(0.5)
-    assert callback.is_alive()  # it may not read the position while the manifest lands
+    started = time.monotonic()
+    _Recovery(sink).on_partitions_assigned([tp])  # HDFS holds the manifest: not past 0.2 s
+    assert time.monotonic() - started < 1
     writer.release.set()
-    callback.join(5)
+    sink._settle()
+    assert writer.landed == [(0, 0, 1)]  # it stands (the fence refuses a second landing)
     consumer.assigned = {tp}
     sink._read_positions()  # the consumer loop's next turn
     assert consumer.seeks == [(0, 2)]  # after the range that landed: none read twice
-    sink._settle()
-    assert writer.landed == [(0, 0, 1)]
 
 
 def test_an_assignment_during_an_hdfs_outage_waits_on_the_consumer_thread_alone() -> None:
@@ -437,3 +435,23 @@ def test_a_revoke_lands_what_it_holds_within_the_callbacks_bound(
     writer.release.set()
     sink._settle()
     assert writer.landed == []  # the next owner reads 0..1 again from Kafka
+
+
+def test_a_revoke_does_not_wait_past_its_bound_for_a_manifest_hdfs_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lake_module, "REBALANCE_WAIT_S", 0.2)
+    release = threading.Event()
+
+    class SlowManifest(FakeWriter):
+        def committing(self, partition: int) -> None:  # under the partition's commit lock
+            release.wait(5)  # WebHDFS answering slowly: up to a request timeout per call
+
+    tp = TopicPartition(TOPIC, 0)
+    sink = sink_for(FakeConsumer([]), SlowManifest())
+    buffered(sink, tp, 0, 1)
+    started = time.monotonic()
+    _Recovery(sink).on_partitions_revoked([tp])  # heartbeats wait on it
+    assert time.monotonic() - started < 1
+    release.set()
+    sink._settle()
