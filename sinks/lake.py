@@ -468,6 +468,7 @@ class HdfsLakeSink:
         self._commit_locks: dict[TopicPartition, threading.Lock] = {}
         self._commit_locks_guard = threading.Lock()
         self._landed: Commits = {}  # for the consumer loop to commit to Kafka
+        self._held_back = False  # fetching paused: full buffers wait for a slow flush
         # Partitions consumed only once the consumer loop has read their position from
         # the lake (just assigned, or fenced off by another member's landing), with when
         # to try next and how long to wait after that if HDFS does not answer.
@@ -485,6 +486,8 @@ class HdfsLakeSink:
                         self._add(tp, record.offset, record.value)
                         self.buffered_bytes += len(record.value) + 1
                 self._settle(wait=False)
+                if self._in_flight is None:
+                    self._hold_back(False)
                 self._read_positions()
                 self._commit_landed()
                 pending = sum(len(b) for b in self.buffers.values())
@@ -494,8 +497,15 @@ class HdfsLakeSink:
                     or self.buffered_bytes >= self.settings.flush_bytes
                 )
                 if full or (due and pending):
-                    self._settle()  # one flush at a time, so partitions land in offset order
-                    self._flush_in_background()
+                    if self._in_flight is not None and not self._in_flight.done():
+                        # The last flush is still landing (HDFS slow or away): go on
+                        # polling, so that heartbeats and rebalances never wait for HDFS,
+                        # and stop fetching while the buffers are full.
+                        if full:
+                            self._hold_back(True)
+                    else:
+                        self._settle()  # one flush at a time: partitions land in order
+                        self._flush_in_background()
                 if due:
                     last_flush = time.monotonic()
         finally:
@@ -517,6 +527,18 @@ class HdfsLakeSink:
 
     def stop(self) -> None:
         self.stop_requested.set()
+
+    def _hold_back(self, on: bool) -> None:
+        """Pause (or resume) fetching the partitions we consume."""
+        if on == self._held_back:
+            return
+        self._held_back = on
+        partitions = [tp for tp in self.consumer.assignment() if tp not in self._unpositioned]
+        if on:
+            log.warning("the buffers are full and the last flush is still landing: fetching waits")
+            self.consumer.pause(*partitions)
+        else:
+            self.consumer.resume(*partitions)
 
     def position_from_lake(self, partitions: Iterable[TopicPartition]) -> None:
         """Consume `partitions` again only from where the lake ends (on kafka-python's I/O
@@ -704,7 +726,8 @@ class HdfsLakeSink:
                 )
             self.buffers.pop(tp, None)
             del self._unpositioned[tp]
-            self.consumer.resume(tp)
+            if not self._held_back:
+                self.consumer.resume(tp)  # else with the others, once the flush has landed
         self.buffered_bytes = sum(b.size() for b in self.buffers.values())
 
     def _add(self, tp: TopicPartition, offset: int, value: bytes) -> None:

@@ -14,6 +14,7 @@ import pytest
 from hdfs import InsecureClient
 from kafka import KafkaProducer
 
+import sinks.lake as lake_module
 from fedilake.contracts import Envelope, EventKind, PartFile, TopicSpec
 from fedilake.kafka_topics import ensure_topics
 from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings
@@ -138,6 +139,68 @@ def test_members_joining_and_leaving_mid_stream_land_every_event_once(stack: Loc
         assert wait_for(lambda: landed() >= len(everything), 120), f"{landed()} landed"
         time.sleep(2)  # anything landing twice would land by now
     finally:
+        for sink, thread in members:
+            sink.stop()
+            thread.join(60)
+
+    found = lake_contents(client, topic)
+    assert set(found) == {e.uri for e in everything}
+    assert Counter(len(partitions) for partitions in found.values()) == {1: len(everything)}
+
+
+def test_a_flush_stalled_past_a_rebalance_lands_no_offset_twice(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member's flush is stuck writing its manifest (HDFS answering slowly) when a
+    second member joins: the rebalance gives its partitions up after the bound, the next
+    owner lands the same offsets from the lake's position, and then the stuck manifest
+    goes through. The manifest fence keeps exactly one copy of every offset."""
+    monkeypatch.setattr(lake_module, "REBALANCE_WAIT_S", 1.0)
+    run = uuid.uuid4().hex[:8]
+    topic = f"lake-stall-{run}"
+    ensure_topics(KafkaSettings(), [TopicSpec(topic, partitions=2)])
+    client = InsecureClient(HdfsSettings().webhdfs_url, user="fedilake")
+    settings = HdfsSinkSettings(group_id=f"lake-{run}", flush_events=30, flush_interval_s=0.5)
+    everything = [envelope(n, run) for n in range(500)]
+    stall, stalled, release = threading.Event(), threading.Event(), threading.Event()
+
+    class StallingWriter(LakeWriter):
+        def create_once(self, path: str, data: bytes) -> bool:
+            if stall.is_set() and "/_offsets/" in path:  # every partition's: the one
+                stalled.set()  # the next owner gets is stuck for sure
+                release.wait(30)
+            return super().create_once(path, data)
+
+    members: list[tuple[HdfsLakeSink, threading.Thread]] = []
+
+    def join(sink: HdfsLakeSink) -> HdfsLakeSink:
+        thread = threading.Thread(target=sink.run, kwargs={"topics": [topic]})
+        thread.start()
+        members.append((sink, thread))
+        return sink
+
+    def landed() -> int:
+        if client.status(f"/fedilake/raw/{topic}", strict=False) is None:
+            return 0
+        return sum(len(hours) for hours in lake_contents(client, topic).values())
+
+    try:
+        first = build_sink(settings, KafkaSettings(), HdfsSettings())
+        first.writer = StallingWriter(client, "/fedilake")
+        join(first)
+        produce(topic, everything[:200])
+        assert wait_for(lambda: landed() >= 200, 60)
+        stall.set()
+        produce(topic, everything[200:400])
+        assert stalled.wait(30)  # inside a manifest's commit, its partition's lock held
+        second = join(build_sink(settings, KafkaSettings(), HdfsSettings()))
+        assert wait_for(lambda: second.written > 0, 60)  # the next owner lands meanwhile
+        release.set()  # the stuck manifest goes through now, or is refused
+        produce(topic, everything[400:])
+        assert wait_for(lambda: landed() >= len(everything), 90), f"{landed()} landed"
+        time.sleep(2)  # anything landing twice would land by now
+    finally:
+        release.set()
         for sink, thread in members:
             sink.stop()
             thread.join(60)
