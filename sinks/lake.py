@@ -480,7 +480,13 @@ class HdfsLakeSink:
         last_flush = time.monotonic()
         try:
             while not self.stop_requested.is_set():
-                batches = self.consumer.poll(timeout_ms=500, max_records=5000)
+                poll_ms = 500
+                in_flight = self._in_flight
+                if self._held_back and in_flight is not None:
+                    # Nothing to fetch until the flush lands: wait for it, not for a poll.
+                    futures_wait([in_flight], timeout=0.5)
+                    poll_ms = 0
+                batches = self.consumer.poll(timeout_ms=poll_ms, max_records=5000)
                 for tp, records in batches.items():
                     for record in records:
                         self._add(tp, record.offset, record.value)
@@ -496,6 +502,9 @@ class HdfsLakeSink:
                     pending >= self.settings.flush_events
                     or self.buffered_bytes >= self.settings.flush_bytes
                 )
+                if full and self._in_flight is not None:
+                    # A moment for the last flush (fetching goes on meanwhile)...
+                    futures_wait([self._in_flight], timeout=0.5)
                 if full or (due and pending):
                     if self._in_flight is not None and not self._in_flight.done():
                         # The last flush is still landing (HDFS slow or away): go on
@@ -505,8 +514,10 @@ class HdfsLakeSink:
                             self._hold_back(True)
                     else:
                         self._settle()  # one flush at a time: partitions land in order
+                        self._hold_back(False)
                         self._flush_in_background()
-                if due:
+                        last_flush = time.monotonic()
+                elif due:
                     last_flush = time.monotonic()
         finally:
             try:
@@ -685,7 +696,10 @@ class HdfsLakeSink:
         if not self._unpositioned:
             return
         assignment = self.consumer.assignment()
+        turn_started = time.monotonic()
         for tp, (due, delay) in self._unpositioned.copy().items():
+            if time.monotonic() - turn_started > 5.0:
+                break  # HDFS answering slowly: the loop must go on polling; next turn
             if tp not in assignment:
                 del self._unpositioned[tp]
                 self.buffers.pop(tp, None)
