@@ -247,14 +247,11 @@ class LakeWriter:
         )
 
     def _read_manifest(self, path: str) -> dict[str, Any] | None:
-        try:
-            with self.client.read(path) as reader:
-                manifest: dict[str, Any] = json.loads(reader.read())
-                return manifest
-        except HdfsError:
-            if self.client.status(path, strict=False) is None:
-                return None
-            raise
+        if self.client.status(path, strict=False) is None:
+            return None  # the usual case: one request
+        with self.client.read(path) as reader:
+            manifest: dict[str, Any] = json.loads(reader.read())
+            return manifest
 
     def _discard(self, temps: Iterable[str]) -> None:
         """Best effort: a fenced flush's temporary files (nobody else writes these names)."""
@@ -480,7 +477,9 @@ class HdfsLakeSink:
         last_flush = time.monotonic()
         try:
             while not self.stop_requested.is_set():
-                poll_ms = 500
+                # Short: a partition assigned during a poll is paused until the loop reads
+                # its position, and a poll with everything paused sleeps out its timeout.
+                poll_ms = 100
                 in_flight = self._in_flight
                 if self._held_back and in_flight is not None:
                     # Nothing to fetch until the flush lands: wait for it, not for a poll.
