@@ -421,15 +421,16 @@ class _Recovery(ConsumerRebalanceListener):
         self.sink.hand_over(revoked)
 
     def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
-        # Another member owns them now: writing them here could duplicate its files. The
-        # background flush skips them from its next partition on.
+        # Another member owns them now: the flush in flight lands nothing more of them
+        # (a manifest HDFS is still writing may land; the fence keeps one copy).
         self.sink.abandon(lost)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        # Positions are read from the lake: the flush in flight lands first, or (if HDFS
-        # keeps it longer than a callback may take) writes none of these partitions. The
-        # reading itself happens on the consumer's thread, where an HDFS outage holds up
-        # nothing but these partitions.
+        # Positions are read from the lake: the flush in flight lands first or, if HDFS
+        # keeps it longer than a callback may take, lands nothing more of these
+        # partitions (a manifest it is still writing may land; the fence keeps one copy).
+        # The reading itself happens on the consumer's thread, where an HDFS outage holds
+        # up nothing but these partitions.
         deadline = time.monotonic() + REBALANCE_WAIT_S
         if not self.sink.settle_quietly(REBALANCE_WAIT_S):
             # Read again from the lake's position.
