@@ -455,3 +455,52 @@ def test_a_revoke_does_not_wait_past_its_bound_for_a_manifest_hdfs_holds(
     assert time.monotonic() - started < 1
     release.set()
     sink._settle()
+
+
+class Firehose(FakeConsumer):
+    """Five new records of each assigned partition per poll, unless it is paused."""
+
+    def __init__(self, tps: list[TopicPartition]) -> None:
+        super().__init__([])
+        self.assigned = set(tps)
+        self.next = dict.fromkeys(tps, 0)
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        batch = {}
+        for tp in sorted(self.assigned - self.paused):
+            first = self.next[tp]
+            batch[tp] = [Record(o, envelope(o)) for o in range(first, first + 5)]
+            self.next[tp] = first + 5
+        if not batch:
+            time.sleep(timeout_ms / 1000)
+        return batch
+
+
+def test_a_flush_hdfs_holds_up_pauses_fetching_but_never_the_loop() -> None:
+    tp = TopicPartition(TOPIC, 0)
+    consumer, writer = Firehose([tp]), StuckWriter()
+    sink = sink_for(consumer, writer)  # a flush every 10 events
+    thread = threading.Thread(target=sink.run, kwargs={"topics": [TOPIC]})
+    thread.start()
+    try:
+        assert writer.entered.wait(5)  # the first flush is stuck on HDFS
+        deadline = time.monotonic() + 5
+        while not consumer.paused and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert consumer.paused == {tp}  # full buffers: fetching waits...
+        held = consumer.next[tp]
+        time.sleep(0.3)
+        assert consumer.next[tp] == held  # ...and stays bounded
+        assert sum(len(b) for b in sink.buffers.values()) < 20
+        writer.release.set()  # HDFS is back
+        deadline = time.monotonic() + 5
+        while consumer.next[tp] < held + 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert consumer.next[tp] >= held + 50  # fetching again
+    finally:
+        sink.stop()
+        writer.release.set()
+        thread.join(10)
+    ranges = [(first, last) for _p, first, last in writer.landed]
+    assert ranges[0][0] == 0
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(ranges))
