@@ -708,6 +708,10 @@ class HdfsLakeSink:
             if time.monotonic() < due:
                 continue
             try:
+                # kafka-python first settles its own position (a committed offset, or a
+                # reset by the group's policy): a reset still in flight could otherwise
+                # land after, and over, the seek below.
+                self.consumer.position(tp, timeout_ms=10000)
                 position = self.writer.recover(tp.topic, tp.partition)
                 # Nothing of it in the lake yet: from the group's committed offset (which
                 # only ever follows the lake), else from the start, as a new group does.

@@ -63,6 +63,9 @@ class FakeConsumer:
     def committed(self, tp: TopicPartition, timeout_ms: int | None = None) -> int | None:
         return self.commits.get(tp)
 
+    def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int | None:
+        return None
+
     def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         self.seek(partitions[0], 0)  # as the fakes see it: from the first offset
 
