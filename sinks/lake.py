@@ -128,7 +128,7 @@ class EncodedFlush:
 
 
 def encode_flush(buffer: PartitionBuffer) -> EncodedFlush:
-    """Compress a flush (zlib lets go of the GIL: the sink runs these in parallel)."""
+    """Compress a flush."""
     return EncodedFlush(
         [(hour, encode_part(lines)) for hour, lines in sorted(buffer.by_hour.items())],
         encode_part(buffer.deletes) if buffer.deletes else None,
@@ -158,12 +158,12 @@ class LakeWriter:
         topic: str,
         partition: int,
         buffer: PartitionBuffer,
-        encoded: EncodedFlush | None = None,
         proceed: Callable[[], bool] | None = None,
         commit_lock: threading.Lock | None = None,
     ) -> Landing:
         """Land one partition's flush: part files under temporary names, the manifest
-        naming them, then the renames. `encoded` is `encode_flush(buffer)` if done already.
+        naming them, then the renames (compressed here: the sink lands partitions in
+        parallel, and zlib lets go of the GIL).
 
         The manifest is the point of no return, and a fence: it is named by the range's
         first offset and created only if no writer has landed a range from that offset,
@@ -185,8 +185,7 @@ class LakeWriter:
                 return Landing.FENCED  # landed, and others went on from it: ask the lake
             self._apply([tuple(move) for move in landed["files"]])
             return Landing.LANDED
-        if encoded is None:
-            encoded = encode_flush(buffer)
+        encoded = encode_flush(buffer)
         moves = []
         for hour, data in encoded.parts:
             directory = raw_hour_dir(topic, hour, self.root)

@@ -105,6 +105,38 @@ def test_every_event_lands_once_in_its_event_hour_across_restarts(stack: LocalSt
         assert found[env.uri or ""] == [f"dt={env.event_time():%Y-%m-%d}/hr={env.event_time():%H}"]
 
 
+class Group:
+    """Sink members of one consumer group, each run by a thread of this process."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.members: list[tuple[HdfsLakeSink, threading.Thread]] = []
+
+    def join(self, sink: HdfsLakeSink) -> HdfsLakeSink:
+        thread = threading.Thread(target=sink.run, kwargs={"topics": [self.topic]})
+        thread.start()
+        self.members.append((sink, thread))
+        return sink
+
+    def stop(self) -> None:
+        for sink, thread in self.members:
+            sink.stop()
+            thread.join(60)
+
+
+def landed(client: InsecureClient, topic: str) -> int:
+    """Copies of events in the topic's visible part files."""
+    if client.status(f"/fedilake/raw/{topic}", strict=False) is None:
+        return 0
+    return sum(len(hours) for hours in lake_contents(client, topic).values())
+
+
+def assert_each_once(client: InsecureClient, topic: str, everything: list[Envelope]) -> None:
+    found = lake_contents(client, topic)
+    assert set(found) == {e.uri for e in everything}
+    assert Counter(len(partitions) for partitions in found.values()) == {1: len(everything)}
+
+
 def test_members_joining_and_leaving_mid_stream_land_every_event_once(stack: LocalStack) -> None:
     """Rebalances while events flow: revoked partitions are handed over (landed or given
     up within the callback's bound), assigned ones resume from where the lake ends."""
@@ -114,38 +146,27 @@ def test_members_joining_and_leaving_mid_stream_land_every_event_once(stack: Loc
     client = InsecureClient(HdfsSettings().webhdfs_url, user="fedilake")
     settings = HdfsSinkSettings(group_id=f"lake-{run}", flush_events=40, flush_interval_s=0.5)
     everything = [envelope(n, run) for n in range(900)]
-    members: list[tuple[HdfsLakeSink, threading.Thread]] = []
+    group = Group(topic)
 
-    def join() -> HdfsLakeSink:
-        sink = build_sink(settings, KafkaSettings(), HdfsSettings())
-        thread = threading.Thread(target=sink.run, kwargs={"topics": [topic]})
-        thread.start()
-        members.append((sink, thread))
-        return sink
-
-    def landed() -> int:
-        return sum(len(hours) for hours in lake_contents(client, topic).values())
+    def member() -> HdfsLakeSink:
+        return group.join(build_sink(settings, KafkaSettings(), HdfsSettings()))
 
     try:
-        first = join()
+        first = member()
         produce(topic, everything[:300])
         assert wait_for(lambda: first.written > 0, 60)
-        join()  # a rebalance while the first member holds unlanded events
+        member()  # a rebalance while the first member holds unlanded events
         produce(topic, everything[300:600])
         time.sleep(3)
-        join()
+        member()
         first.stop()  # leaves: another rebalance
         produce(topic, everything[600:])
-        assert wait_for(lambda: landed() >= len(everything), 120), f"{landed()} landed"
+        count = len(everything)
+        assert wait_for(lambda: landed(client, topic) >= count, 120), landed(client, topic)
         time.sleep(2)  # anything landing twice would land by now
     finally:
-        for sink, thread in members:
-            sink.stop()
-            thread.join(60)
-
-    found = lake_contents(client, topic)
-    assert set(found) == {e.uri for e in everything}
-    assert Counter(len(partitions) for partitions in found.values()) == {1: len(everything)}
+        group.stop()
+    assert_each_once(client, topic, everything)
 
 
 def test_a_flush_stalled_past_a_rebalance_lands_no_offset_twice(
@@ -171,43 +192,27 @@ def test_a_flush_stalled_past_a_rebalance_lands_no_offset_twice(
                 release.wait(30)
             return super().create_once(path, data)
 
-    members: list[tuple[HdfsLakeSink, threading.Thread]] = []
-
-    def join(sink: HdfsLakeSink) -> HdfsLakeSink:
-        thread = threading.Thread(target=sink.run, kwargs={"topics": [topic]})
-        thread.start()
-        members.append((sink, thread))
-        return sink
-
-    def landed() -> int:
-        if client.status(f"/fedilake/raw/{topic}", strict=False) is None:
-            return 0
-        return sum(len(hours) for hours in lake_contents(client, topic).values())
-
+    group = Group(topic)
     try:
         first = build_sink(settings, KafkaSettings(), HdfsSettings())
         first.writer = StallingWriter(client, "/fedilake")
-        join(first)
+        group.join(first)
         produce(topic, everything[:200])
-        assert wait_for(lambda: landed() >= 200, 60)
+        assert wait_for(lambda: landed(client, topic) >= 200, 60)
         stall.set()
         produce(topic, everything[200:400])
         assert stalled.wait(30)  # inside a manifest's commit, its partition's lock held
-        second = join(build_sink(settings, KafkaSettings(), HdfsSettings()))
+        second = group.join(build_sink(settings, KafkaSettings(), HdfsSettings()))
         assert wait_for(lambda: second.written > 0, 60)  # the next owner lands meanwhile
         release.set()  # the stuck manifest goes through now, or is refused
         produce(topic, everything[400:])
-        assert wait_for(lambda: landed() >= len(everything), 90), f"{landed()} landed"
+        count = len(everything)
+        assert wait_for(lambda: landed(client, topic) >= count, 90), landed(client, topic)
         time.sleep(2)  # anything landing twice would land by now
     finally:
         release.set()
-        for sink, thread in members:
-            sink.stop()
-            thread.join(60)
-
-    found = lake_contents(client, topic)
-    assert set(found) == {e.uri for e in everything}
-    assert Counter(len(partitions) for partitions in found.values()) == {1: len(everything)}
+        group.stop()
+    assert_each_once(client, topic, everything)
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float) -> bool:

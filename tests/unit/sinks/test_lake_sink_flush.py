@@ -18,7 +18,6 @@ from kafka import TopicPartition
 import sinks.lake as lake_module
 from fedilake.settings import HdfsSinkSettings
 from sinks.lake import (
-    EncodedFlush,
     HdfsLakeSink,
     LakeSinkBroken,
     Landing,
@@ -104,7 +103,6 @@ class FakeWriter:
         topic: str,
         partition: int,
         buffer: PartitionBuffer,
-        encoded: EncodedFlush | None = None,
         proceed: Any = None,
         commit_lock: Any = None,
     ) -> Landing:
@@ -213,14 +211,13 @@ class StuckWriter(FakeWriter):
         topic: str,
         partition: int,
         buffer: Any,
-        encoded: Any = None,
         proceed: Any = None,
         commit_lock: Any = None,
     ) -> Landing:
         if self.only is None or partition == self.only:
             self.entered.set()
             self.release.wait(10)
-        return super().write(topic, partition, buffer, encoded, proceed, commit_lock)
+        return super().write(topic, partition, buffer, proceed, commit_lock)
 
 
 def test_a_partition_lost_during_a_flush_is_not_written_and_callbacks_never_commit() -> None:
