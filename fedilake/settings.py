@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -223,8 +223,27 @@ class ProcessorSettings(BaseSettings):
     batch_within_s: float = Field(
         default=0.2, gt=0, description="longest wait to fill a batch before processing it"
     )
+    status_retention_s: float = Field(
+        default=4 * 86400.0,
+        gt=0,
+        description="how long after its time a status can still change the live counters: "
+        "older statuses are folded into all-time totals and their records deleted, which "
+        "bounds the worker's state and its restarts; their later edits, deletes and "
+        "refreshes are left to the nightly batch (at least a day plus allowed_lateness_s)",
+    )
     data_dir: Path = REPO_ROOT / ".fedilake" / "faust"
     web_port: int = 6066
+
+    @model_validator(mode="after")
+    def _retention_outlives_windows(self) -> ProcessorSettings:
+        # A folded status's day window must be closed: it could no longer change it.
+        if self.status_retention_s < 86400 + self.allowed_lateness_s:
+            raise ValueError(
+                f"FEDILAKE_PROCESSOR_STATUS_RETENTION_S ({self.status_retention_s:g} s) must be "
+                "at least a day plus FEDILAKE_PROCESSOR_ALLOWED_LATENESS_S "
+                f"({86400 + self.allowed_lateness_s:g} s)"
+            )
+        return self
 
 
 class HdfsSinkSettings(BaseSettings):

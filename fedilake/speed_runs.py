@@ -82,6 +82,7 @@ class SpeedRun:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     flush_interval_s: float = 2.0
     report_interval_s: float = 30.0
+    settings_env: dict[str, str] = field(default_factory=dict)  # more FEDILAKE_* for workers
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -125,6 +126,7 @@ class SpeedRun:
             "FEDILAKE_PROCESSOR_FLUSH_INTERVAL_S": str(self.flush_interval_s),
             "FEDILAKE_PROCESSOR_REPORT_INTERVAL_S": str(self.report_interval_s),
             "FEDILAKE_HBASE_TABLE_PREFIX": self.run_id,
+            **self.settings_env,
         }
 
     def start_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:

@@ -24,22 +24,27 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
 import happybase
 
-from fedilake.contracts import Envelope, EnvelopeError, EventKind, RowKeys, Topics
+from fedilake.contracts import Envelope, EnvelopeError, EventKind, MetricRow, RowKeys, Topics
 from fedilake.settings import HBaseSettings, KafkaSettings, ProcessorSettings
 from sinks.hbase import MetricStore, connect
 
 from .live import Flush, FlushPolicy, LiveCounters
 from .records import RecordTable, ensure_changelog
+from .settled import SETTLED_PREFIX, Settled, fold_horizon
 from .statuses import StatusRecord, apply
 
 log = logging.getLogger(__name__)
 
 COUNTED_KINDS = frozenset({EventKind.STATUS, EventKind.EDIT, EventKind.DELETE, EventKind.REFRESH})
+
+FOLD_EVERY_MS = 3_600_000  # fold a partition's old statuses once its horizon moved an hour
+FOLD_STEP_BYTES = 512 * 1024  # what one fold step writes: within one changelog batch (1 MiB)
 
 
 def changelog_topic(settings: ProcessorSettings) -> str:
@@ -54,6 +59,8 @@ class WorkerStats:
     cells: int = 0
     flushes: int = 0
     rebuilt_records: int = 0
+    folded: int = 0
+    left_to_batch: int = 0  # changes to statuses already folded
     started: float = field(default_factory=time.monotonic)
 
 
@@ -75,6 +82,8 @@ class CounterWorker:
             settings.data_dir / settings.app_id, changelog_topic(settings), kafka
         )
         self.live = LiveCounters(settings.allowed_lateness_s)
+        self.settled: dict[int, Settled] = {}
+        self.retention_ms = int(settings.status_retention_s * 1000)
         self.policy = FlushPolicy(
             min(settings.flush_min_interval_s, settings.flush_interval_s),
             settings.flush_interval_s,
@@ -84,6 +93,7 @@ class CounterWorker:
         self.stats = WorkerStats()
         self._flush_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
+        self._counting = asyncio.Lock()  # a batch being counted, or a fold
         self._connection: happybase.Connection | None = None
         self._store: MetricStore | None = None
 
@@ -92,10 +102,12 @@ class CounterWorker:
     async def process_batch(self, events: Sequence[Any]) -> None:
         """Count a batch; its events are acknowledged when this returns, so anything that
         goes wrong here must stop the worker before they are (see `count_events`)."""
-        await self.open_partitions({event.message.partition for event in events})
-        for event in events:
-            self.process(event.message.partition, event.value)
-        await self.records.commit()
+        async with self._counting:
+            await self.open_partitions({event.message.partition for event in events})
+            for event in events:
+                self.process(event.message.partition, event.value)
+            await self.records.commit()
+        await self.fold_old_statuses()
 
     def process(self, partition: int, raw: bytes) -> None:
         self.stats.events += 1
@@ -119,6 +131,9 @@ class CounterWorker:
             log.warning("skipping an event the metrics cannot read: %r", exc)
             return
         if new is None:
+            return
+        if old is None and self.settled[partition].folds(new):
+            self.stats.left_to_batch += 1  # counted in the settled totals, or too old to count
             return
         # Outside the guard: a failure here is ours, not the event's, and must stop the
         # worker (see `count_events`) rather than leave the record and counters apart.
@@ -147,10 +162,14 @@ class CounterWorker:
                 db = await loop.run_in_executor(None, self.records.recover, partition)
                 self.records.install(partition, db)
                 try:
+                    settled = Settled.from_items(
+                        self.records.items_under(partition, SETTLED_PREFIX)
+                    )
                     records = [StatusRecord.from_bytes(v) for _, v in self.records.items(partition)]
                     self.stats.rebuilt_records += self.live.rebuild(
-                        partition, records, self.records.flushed_watermark(partition)
+                        partition, records, self.records.flushed_watermark(partition), settled
                     )
+                    self.settled[partition] = settled
                 except BaseException:
                     self.records.close(partition)  # opened only with its counters
                     self.live.drop(partition)
@@ -170,7 +189,78 @@ class CounterWorker:
         async with self._open_lock:
             for partition in lost:
                 self.live.drop(partition)
+                self.settled.pop(partition, None)
                 self.records.close(partition)
+
+    async def fold_old_statuses(self) -> None:
+        """Fold the statuses past the retention into their partition's settled totals.
+
+        Each step, the deleted records with the totals and the horizon that take them in,
+        is one changelog batch, so a crash leaves every status either in a record or in
+        the totals, never both or neither. Runs between batches (nothing is pending), after
+        each one and from the flush timer, so a quiet topic folds too. A failure here must
+        stop the worker, as in `process_batch`: the totals in memory may be ahead. Holding
+        the open lock, a fold finishes before its partition can be revoked.
+        """
+        if not self._fold_due():
+            return
+        async with self._counting, self._open_lock:
+            for partition, horizon in self._fold_due():
+                await self._fold(partition, self.settled[partition], horizon)
+
+    def _fold_due(self) -> list[tuple[int, int]]:
+        """The open partitions whose fold horizon moved on enough, with the new horizon."""
+        due = []
+        for partition, settled in self.settled.items():
+            if self.records.is_open(partition):
+                horizon = fold_horizon(self.records.flushed_watermark(partition), self.retention_ms)
+                if horizon >= settled.horizon_ms + FOLD_EVERY_MS:
+                    due.append((partition, horizon))
+        return due
+
+    async def _fold(self, partition: int, settled: Settled, horizon: int) -> None:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        keys = await loop.run_in_executor(None, self._dated_before, partition, horizon)
+        settled.horizon_ms = horizon  # stored with the first step: before any delete
+        rows: set[MetricRow] = set()
+        handles: set[str] = set()
+        deleted: dict[bytes, bytes | None] = {}
+        size = 0
+        for key in keys:
+            raw = self.records.get(partition, key)
+            if raw is None:
+                continue
+            more_rows, more_handles = settled.fold(StatusRecord.from_bytes(raw))
+            size += len(key) + 24
+            size += sum(len(r.key()) + 48 for r in more_rows - rows)
+            size += sum(len(h) + 64 for h in more_handles - handles)
+            rows |= more_rows
+            handles |= more_handles
+            deleted[key] = None
+            if size >= FOLD_STEP_BYTES:
+                await self.records.write_now(
+                    partition, {**settled.changes(rows, handles), **deleted}
+                )
+                rows, handles, deleted, size = set(), set(), {}, 0
+        await self.records.write_now(partition, {**settled.changes(rows, handles), **deleted})
+        self.stats.folded += len(keys)
+        log.log(
+            logging.INFO if keys else logging.DEBUG,
+            "partition %d: folded %d statuses dated before %s into the settled totals in %.1fs",
+            partition,
+            len(keys),
+            datetime.fromtimestamp(horizon / 1000, UTC).isoformat(timespec="seconds"),
+            time.monotonic() - started,
+        )
+
+    def _dated_before(self, partition: int, horizon_ms: int) -> list[bytes]:
+        """Keys of the records of statuses dated before `horizon_ms` (a thread's work)."""
+        return [
+            key
+            for key, raw in self.records.items(partition)
+            if StatusRecord.event_ms_of(raw) < horizon_ms
+        ]
 
     # ------------------------------------------------------------------ HBase
 
@@ -224,13 +314,16 @@ class CounterWorker:
     def report(self) -> None:
         log.info(
             "counters: %d events, %d changed a status, %d cells written in %d flushes, "
-            "%d late changes left to the batch, %d counters pending",
+            "%d late changes left to the batch, %d counters pending, %d statuses folded, "
+            "%d changes to folded statuses left to the batch",
             self.stats.events,
             self.stats.changed,
             self.stats.cells,
             self.stats.flushes,
             self.live.late_changes(),
             self.live.pending(),
+            self.stats.folded,
+            self.stats.left_to_batch,
         )
 
 
@@ -270,9 +363,7 @@ def build_app(settings: ProcessorSettings, kafka: KafkaSettings, hbase: HBaseSet
                 # Leaving the loop would acknowledge the batch (Faust acks in a `finally`)
                 # and a restarted agent would count on from there: stop as a crash does
                 # instead; the restarted worker recovers exactly.
-                log.critical("counting a batch failed; the worker stops now: %r", exc)
-                logging.shutdown()
-                os._exit(70)
+                _stop_now("counting a batch", exc)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types `signal=` keyword-only
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -291,12 +382,24 @@ def build_app(settings: ProcessorSettings, kafka: KafkaSettings, hbase: HBaseSet
         if not app.rebalancing:
             await worker.open_partitions(worker.active_partitions())
         await worker.flush_if_due()
+        if not app.rebalancing:
+            try:
+                await worker.fold_old_statuses()
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - as a batch's
+                _stop_now("folding old statuses", exc)
 
     @app.timer(interval=settings.report_interval_s)
     async def report() -> None:
         worker.report()
 
     return app
+
+
+def _stop_now(what: str, exc: BaseException) -> None:
+    """Stop as a crash does: the restarted worker recovers exactly from the changelog."""
+    log.critical("%s failed; the worker stops now: %r", what, exc)
+    logging.shutdown()
+    os._exit(70)
 
 
 def run_worker(app: faust.App, loglevel: str = "info") -> None:

@@ -28,6 +28,7 @@ from fedilake.contracts import (
 )
 
 from .metrics import AccountSnapshot, millis
+from .settled import OPEN_ENDED, Settled
 from .statuses import NEVER, StatusRecord, delta
 
 Window = tuple[Granularity, str]
@@ -95,7 +96,7 @@ class LiveCounters:
     def _end_ms(self, window: Window) -> int | None:
         if window not in self._window_ends:
             granularity, bucket = window
-            if granularity in (Granularity.ALL, Granularity.MONTH):
+            if granularity in OPEN_ENDED:
                 end = None
             else:
                 moment = bucket_end(granularity, bucket)
@@ -165,8 +166,10 @@ class LiveCounters:
         partition: int,
         records: Iterable[StatusRecord],
         flushed_watermark_ms: int | None = None,
+        settled: Settled | None = None,
     ) -> int:
-        """The partition's counters from its records; everything they touch is written again.
+        """The partition's counters from its records and the totals of its folded statuses;
+        everything they touch is written again.
 
         Windows are judged closed at `flushed_watermark_ms`, the watermark of the last flush
         known to have completed (0 when unknown): a window that closed after it may have
@@ -174,6 +177,11 @@ class LiveCounters:
         """
         records = list(records)
         view = PartitionCounters()  # installed when complete: a flush never sees half of it
+        if settled is not None:
+            for row, amount in settled.totals.items():
+                self._add(view, row, amount, late=False)  # open-ended: never closed
+            for snapshot in settled.accounts.values():
+                self._see_account(view, snapshot)
         for record in records:
             if record.version_ms != NEVER:
                 self._advance(view, record.event_ms)

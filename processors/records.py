@@ -15,6 +15,7 @@ buffer; measured here, that path alone caps a worker at about 3,300 events/s.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +31,19 @@ from fedilake.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-# Keys of our own in each partition's database; status uris never start with a NUL byte.
+# Keys of our own in each partition's database (status uris never start with a NUL byte):
+# these three are local, never in the changelog; the settled totals are (see `settled`).
+OWN_KEY_START = b"\x00"
 OFFSET_KEY = b"\x00fedilake:changelog-offset"
 FLUSHED_WATERMARK_KEY = b"\x00fedilake:flushed-watermark"
-_OWN_KEYS = (OFFSET_KEY, FLUSHED_WATERMARK_KEY)
+WRITTEN_AT_KEY = b"\x00fedilake:written-at"
+
+# The changelog keeps a deleted record's tombstone this long (topic config; Kafka's
+# default is a day). A database not written for longer than STALE_AFTER_S may have
+# missed a tombstone the cleaner has dropped since, and would revive the record: it is
+# rebuilt from the whole changelog instead of caught up.
+DELETE_RETENTION_MS = 7 * 86_400_000
+STALE_AFTER_S = 12 * 3600.0
 
 
 REPLAY_STALL_S = 60.0
@@ -53,7 +63,11 @@ def ensure_changelog(kafka: KafkaSettings, name: str, partitions: int) -> None:
             name,
             num_partitions=partitions,
             replication_factor=1,
-            topic_configs={"cleanup.policy": "compact", "min.insync.replicas": "1"},
+            topic_configs={
+                "cleanup.policy": "compact",
+                "min.insync.replicas": "1",
+                "delete.retention.ms": str(DELETE_RETENTION_MS),
+            },
         )
         try:
             admin.create_topics([topic])
@@ -88,6 +102,19 @@ class RecordTable:
         db = Rdict(str(path), Options(raw_mode=True))
         try:
             stored = db.get(OFFSET_KEY)
+            written = db.get(WRITTEN_AT_KEY)
+            age_s = time.time() - float(written) if isinstance(written, bytes) else None
+            if stored is not None and (age_s is None or age_s > STALE_AFTER_S):
+                log.info(
+                    "partition %d: local status records last written %s; rebuilding them from "
+                    "the whole changelog (a folded record's tombstone may be gone from it)",
+                    partition,
+                    f"{age_s / 3600:.1f} h ago" if age_s is not None else "by an older version",
+                )
+                db.close()
+                shutil.rmtree(path)
+                db = Rdict(str(path), Options(raw_mode=True))
+                stored = None
             start = int(stored) + 1 if stored is not None else 0
             self._replay(db, partition, start)
         except BaseException:
@@ -136,7 +163,7 @@ class RecordTable:
                         replayed += 1
                 if position > before:
                     progressed = time.monotonic()
-                    batch.put(OFFSET_KEY, str(position - 1).encode())
+                    _mark_written(batch, position - 1)
                     db.write(batch)
         finally:
             consumer.close()
@@ -171,9 +198,17 @@ class RecordTable:
         self._pending[partition][key] = value
 
     def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
-        """Every stored record of the partition (what was committed)."""
+        """Every stored status record of the partition (what was committed)."""
         for key, value in self._dbs[partition].items():
-            if isinstance(key, bytes) and isinstance(value, bytes) and key not in _OWN_KEYS:
+            if isinstance(key, bytes) and isinstance(value, bytes) and key[:1] != OWN_KEY_START:
+                yield key, value
+
+    def items_under(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The stored (key, value) pairs whose key starts with `prefix`."""
+        for key, value in self._dbs[partition].items(from_key=prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                return
+            if isinstance(value, bytes):
                 yield key, value
 
     def flushed_watermark(self, partition: int) -> int | None:
@@ -209,7 +244,7 @@ class RecordTable:
                 writes = WriteBatch(raw_mode=True)
                 for key, value in members.items():
                     writes.put(key, value)
-                writes.put(OFFSET_KEY, str(last).encode())
+                _mark_written(writes, last)
                 db = self._dbs.get(partition)
                 if db is not None:  # revoked meanwhile: the changelog has it for the next owner
                     db.write(writes)
@@ -218,6 +253,31 @@ class RecordTable:
                 if partition in self._pending:
                     self._pending[partition] = {**changes, **self._pending[partition]}
             raise
+
+    async def write_now(self, partition: int, changes: dict[bytes, bytes | None]) -> None:
+        """Puts and deletes (None) that stand or fall together: one producer batch, which
+        Kafka appends to the changelog whole or not at all, then one RocksDB write.
+
+        Nothing of the partition may be pending: it would reach the changelog after these.
+        """
+        if self._pending.get(partition):
+            raise RuntimeError(f"partition {partition} has uncommitted records")
+        producer = await self._producer_started()
+        batch = producer.create_batch()
+        for key, value in changes.items():
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"{len(changes)} changes exceed one changelog batch")
+        metadata = await (await producer.send_batch(batch, self.changelog, partition=partition))
+        writes = WriteBatch(raw_mode=True)
+        for key, value in changes.items():
+            if value is None:
+                writes.delete(key)
+            else:
+                writes.put(key, value)
+        _mark_written(writes, metadata.offset + len(changes) - 1)
+        db = self._dbs.get(partition)
+        if db is not None:  # revoked meanwhile: the changelog has it for the next owner
+            db.write(writes)
 
     async def _producer_started(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -238,6 +298,11 @@ class RecordTable:
             await self._producer.stop()
             self._producer = None
         self.close_all()
+
+
+def _mark_written(writes: WriteBatch, changelog_offset: int) -> None:
+    writes.put(OFFSET_KEY, str(changelog_offset).encode())
+    writes.put(WRITTEN_AT_KEY, str(time.time()).encode())
 
 
 def _chunks(

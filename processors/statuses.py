@@ -90,6 +90,11 @@ class StatusRecord:
             ]
         )
 
+    @staticmethod
+    def event_ms_of(raw: bytes) -> int:
+        """The `event_ms` of a stored record, read without decoding the rest (it comes first)."""
+        return int(raw[1 : raw.index(b",")])
+
     @classmethod
     def from_bytes(cls, raw: bytes) -> StatusRecord:
         doc = orjson.loads(raw)

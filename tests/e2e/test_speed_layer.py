@@ -7,6 +7,7 @@ truth cell for cell (every metric, hour, day and all time, and the follower gaug
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedilake.contracts import Granularity, Metric
+from fedilake.contracts import EventKind, Granularity, Metric
 from fedilake.speed_runs import SpeedRun, counted_metrics
 from fedilake.stack.control import LocalStack
 from processors.history import History, expected_counters, speed_history
@@ -43,15 +44,15 @@ def history(seed: int) -> History:
     return speed_history(EVENTS, seed=seed, start=start, hours=5)
 
 
-def wait_until_consumed(run: SpeedRun, share: float, timeout_s: float = 120) -> int:
+def wait_until_consumed(run: SpeedRun, events: float, timeout_s: float = 120) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         run.check_workers()
         done = run.committed()
-        if done >= share * EVENTS:
+        if done >= events:
             return done
         time.sleep(0.5)
-    raise AssertionError(f"the worker did not get through {share:.0%} of the events")
+    raise AssertionError(f"the worker did not get through {events:.0f} events")
 
 
 def test_counters_stay_exact_through_kills(run: SpeedRun) -> None:
@@ -66,11 +67,11 @@ def test_counters_stay_exact_through_kills(run: SpeedRun) -> None:
     half = len(events.envelopes) // 2
     run.produce(events.envelopes[:half])
     run.start_worker()
-    wait_until_consumed(run, 0.2)
+    wait_until_consumed(run, 0.2 * EVENTS)
     run.kill_worker()  # mid-stream: records, counters and offsets as a crash leaves them
     run.produce(events.envelopes[half:])
     run.start_worker()
-    wait_until_consumed(run, 0.7)
+    wait_until_consumed(run, 0.7 * EVENTS)
     run.kill_worker()
     run.start_worker()
 
@@ -96,7 +97,7 @@ def test_two_workers_on_four_partitions_count_as_one(run: SpeedRun) -> None:
     third = len(events.envelopes) // 3
     run.produce(events.envelopes[:third])
     run.start_worker("worker-a")
-    wait_until_consumed(run, 0.1)
+    wait_until_consumed(run, 0.1 * EVENTS)
     run.start_worker("worker-b")  # a rebalance mid-stream: partitions move to worker-b
     worker_b_log = run.workdir / "worker-b.log"
     deadline = time.monotonic() + 120
@@ -107,3 +108,67 @@ def test_two_workers_on_four_partitions_count_as_one(run: SpeedRun) -> None:
     run.produce(events.envelopes[third:])  # the rest is counted by both workers
     verdict = run.wait_exact(expected, gauges, timeout_s=240)
     assert verdict.exact, verdict.summary()
+
+
+def test_statuses_past_the_retention_fold_and_still_count(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """Old statuses leave the worker's records for the settled totals; after a kill -9 the
+    counters rebuilt from the totals and the recent records are still exact, and a late
+    copy of a folded status does not count twice."""
+    # Two stretches of five hours, four days apart: with a retention of 60 h, the first
+    # one's statuses fold once the second one's hours are written.
+    run = SpeedRun(
+        tmp_path,
+        flush_interval_s=0.5,
+        report_interval_s=1.0,
+        settings_env={"FEDILAKE_PROCESSOR_STATUS_RETENTION_S": str(60 * 3600)},
+    )
+    run.setup()
+    try:
+        start = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(hours=int(time.time()) % 5000)
+        old = speed_history(3000, seed=21, start=start, hours=5)
+        # The same seed: the same accounts, with the same creation dates.
+        recent = speed_history(3000, seed=21, start=start + timedelta(days=4), hours=5)
+        assert not {e.uri for e in old.envelopes} & {e.uri for e in recent.envelopes}
+        expected, gauges = expected_counters(old.envelopes + recent.envelopes)
+        recent_statuses = len({e.uri for e in recent.envelopes})
+
+        run.produce(old.envelopes + recent.envelopes)
+        run.start_worker()
+        log_path = run.workdir / "worker.log"
+        old_statuses = len({e.uri for e in old.envelopes})
+        deadline = time.monotonic() + 180
+        while (folded := _folded(log_path)) < old_statuses * 0.95:
+            run.check_workers()
+            assert time.monotonic() < deadline, f"{folded} of {old_statuses} old statuses folded"
+            time.sleep(0.5)
+        verdict = run.wait_exact(expected, gauges, timeout_s=120)
+        assert verdict.exact, verdict.summary()
+
+        run.kill_worker()
+        late = [e for e in old.envelopes if e.kind is EventKind.STATUS]
+        run.produce(late)
+        restarted = len(log_path.read_text())
+        run.start_worker()
+        deadline = time.monotonic() + 120
+        pattern = r"partition \d+ from (\d+) status records"
+        while len(rebuilt := re.findall(pattern, log_path.read_text()[restarted:])) < 4:
+            run.check_workers()
+            assert time.monotonic() < deadline, "the restarted worker did not rebuild"
+            time.sleep(0.5)
+        assert sum(int(n) for n in rebuilt) <= recent_statuses  # the old ones are gone
+        wait_until_consumed(run, len(old.envelopes) + len(recent.envelopes) + len(late))
+        verdict = run.wait_exact(expected, gauges, timeout_s=120)
+        assert verdict.exact, verdict.summary()
+        time.sleep(1.5)  # a report after the last batch
+        left = re.findall(r"(\d+) changes to folded statuses", log_path.read_text()[restarted:])
+        assert int(left[-1]) >= len(late) * 0.95
+    finally:
+        run.stop_workers()
+        print(run.log_tails(25))
+        run.cleanup()
+
+
+def _folded(log_path: Path) -> int:
+    return sum(int(n) for n in re.findall(r"folded (\d+) statuses", log_path.read_text()))
