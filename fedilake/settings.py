@@ -223,13 +223,13 @@ class ProcessorSettings(BaseSettings):
     batch_within_s: float = Field(
         default=0.2, gt=0, description="longest wait to fill a batch before processing it"
     )
-    status_retention_s: float = Field(
-        default=4 * 86400.0,
+    status_retention_s: float | None = Field(
+        default=None,
         gt=0,
-        description="how long after its time a status can still change the live counters: "
-        "older statuses are folded into all-time totals and their records deleted, which "
-        "bounds the worker's state and its restarts; their later edits, deletes and "
-        "refreshes are left to the nightly batch (at least a day plus allowed_lateness_s)",
+        description="fold statuses this long behind the written watermark into all-time "
+        "totals and delete their records, which bounds the worker's state and its restarts "
+        "(at least a day plus allowed_lateness_s). Their later edits, deletes and refreshes "
+        "then no longer reach the live all-time counters. Unset: records are kept for good",
     )
     data_dir: Path = REPO_ROOT / ".fedilake" / "faust"
     web_port: int = 6066
@@ -237,9 +237,10 @@ class ProcessorSettings(BaseSettings):
     @model_validator(mode="after")
     def _retention_outlives_windows(self) -> ProcessorSettings:
         # A folded status's day window must be closed: it could no longer change it.
-        if self.status_retention_s < 86400 + self.allowed_lateness_s:
+        retention = self.status_retention_s
+        if retention is not None and retention < 86400 + self.allowed_lateness_s:
             raise ValueError(
-                f"FEDILAKE_PROCESSOR_STATUS_RETENTION_S ({self.status_retention_s:g} s) must be "
+                f"FEDILAKE_PROCESSOR_STATUS_RETENTION_S ({retention:g} s) must be "
                 "at least a day plus FEDILAKE_PROCESSOR_ALLOWED_LATENESS_S "
                 f"({86400 + self.allowed_lateness_s:g} s)"
             )

@@ -45,6 +45,7 @@ COUNTED_KINDS = frozenset({EventKind.STATUS, EventKind.EDIT, EventKind.DELETE, E
 
 FOLD_EVERY_MS = 3_600_000  # fold a partition's old statuses once its horizon moved an hour
 FOLD_STEP_BYTES = 512 * 1024  # what one fold step writes: within one changelog batch (1 MiB)
+FOLD_STEPS_PER_CALL = 8  # then the locks are let go: for a batch, a rebalance, a shutdown
 
 
 def changelog_topic(settings: ProcessorSettings) -> str:
@@ -83,7 +84,9 @@ class CounterWorker:
         )
         self.live = LiveCounters(settings.allowed_lateness_s)
         self.settled: dict[int, Settled] = {}
-        self.retention_ms = int(settings.status_retention_s * 1000)
+        self._folding: dict[int, list[bytes]] = {}  # keys a fold under way has still to fold
+        retention = settings.status_retention_s
+        self.retention_ms = int(retention * 1000) if retention is not None else None
         self.policy = FlushPolicy(
             min(settings.flush_min_interval_s, settings.flush_interval_s),
             settings.flush_interval_s,
@@ -190,68 +193,89 @@ class CounterWorker:
             for partition in lost:
                 self.live.drop(partition)
                 self.settled.pop(partition, None)
+                self._folding.pop(partition, None)
                 self.records.close(partition)
 
     async def fold_old_statuses(self) -> None:
         """Fold the statuses past the retention into their partition's settled totals.
 
-        Each step, the deleted records with the totals and the horizon that take them in,
-        is one changelog batch, so a crash leaves every status either in a record or in
-        the totals, never both or neither. Runs between batches (nothing is pending), after
-        each one and from the flush timer, so a quiet topic folds too. A failure here must
-        stop the worker, as in `process_batch`: the totals in memory may be ahead. Holding
-        the open lock, a fold finishes before its partition can be revoked.
+        Each step, the deleted records with the totals, horizon and watermark that take
+        them in, is one changelog batch, so a crash leaves every status either in a record
+        or in the totals, never both or neither. Runs between batches (nothing is pending),
+        after each one and from the flush timer, so a quiet topic folds too. A call takes
+        at most `FOLD_STEPS_PER_CALL` steps and none while the group rebalances: the locks
+        it holds keep revocations, batches and shutdown waiting. A failure here must stop
+        the worker, as in `process_batch`: the totals in memory may be ahead.
         """
-        if not self._fold_due():
+        if self.retention_ms is None or self.app.rebalancing:
+            return
+        due = self._fold_due(self.retention_ms)
+        if not due:
             return
         async with self._counting, self._open_lock:
-            for partition, horizon in self._fold_due():
-                await self._fold(partition, self.settled[partition], horizon)
+            for partition in due:
+                if partition in self.settled and not self.app.rebalancing:
+                    await self._fold(partition, self.retention_ms)
 
-    def _fold_due(self) -> list[tuple[int, int]]:
-        """The open partitions whose fold horizon moved on enough, with the new horizon."""
+    def _fold_due(self, retention_ms: int) -> list[int]:
+        """Open partitions with a fold under way, or whose fold horizon moved on enough."""
         due = []
         for partition, settled in self.settled.items():
-            if self.records.is_open(partition):
-                horizon = fold_horizon(self.records.flushed_watermark(partition), self.retention_ms)
-                if horizon >= settled.horizon_ms + FOLD_EVERY_MS:
-                    due.append((partition, horizon))
+            flushed = self.records.flushed_watermark(partition)
+            horizon = fold_horizon(flushed, retention_ms)
+            if partition in self._folding or horizon >= settled.horizon_ms + FOLD_EVERY_MS:
+                due.append(partition)
         return due
 
-    async def _fold(self, partition: int, settled: Settled, horizon: int) -> None:
+    async def _fold(self, partition: int, retention_ms: int) -> None:
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        keys = await loop.run_in_executor(None, self._dated_before, partition, horizon)
-        settled.horizon_ms = horizon  # stored with the first step: before any delete
+        settled = self.settled[partition]
+        keys = self._folding.pop(partition, None)
+        if keys is None:  # a new horizon
+            flushed = self.records.flushed_watermark(partition)
+            horizon = fold_horizon(flushed, retention_ms)
+            loop = asyncio.get_running_loop()
+            keys = await loop.run_in_executor(None, self._dated_before, partition, horizon)
+            # Stored with the first step, before any record is deleted.
+            settled.horizon_ms, settled.written_watermark_ms = horizon, flushed or 0
         rows: set[MetricRow] = set()
         handles: set[str] = set()
         deleted: dict[bytes, bytes | None] = {}
-        size = 0
-        for key in keys:
+        size = steps = folded = 0
+        for n, key in enumerate(keys):
             raw = self.records.get(partition, key)
             if raw is None:
                 continue
             more_rows, more_handles = settled.fold(StatusRecord.from_bytes(raw))
+            # Checked after a record is in: one record adds a few KB at most, and a step
+            # may reach twice this before it no longer fits in a changelog batch.
             size += len(key) + 24
             size += sum(len(r.key()) + 48 for r in more_rows - rows)
             size += sum(len(h) + 64 for h in more_handles - handles)
             rows |= more_rows
             handles |= more_handles
             deleted[key] = None
+            folded += 1
             if size >= FOLD_STEP_BYTES:
                 await self.records.write_now(
                     partition, {**settled.changes(rows, handles), **deleted}
                 )
                 rows, handles, deleted, size = set(), set(), {}, 0
-        await self.records.write_now(partition, {**settled.changes(rows, handles), **deleted})
-        self.stats.folded += len(keys)
+                steps += 1
+                if (steps >= FOLD_STEPS_PER_CALL or self.app.rebalancing) and n + 1 < len(keys):
+                    self._folding[partition] = keys[n + 1 :]  # the next call goes on
+                    break
+        else:
+            await self.records.write_now(partition, {**settled.changes(rows, handles), **deleted})
+        self.stats.folded += folded
         log.log(
-            logging.INFO if keys else logging.DEBUG,
-            "partition %d: folded %d statuses dated before %s into the settled totals in %.1fs",
+            logging.INFO if folded else logging.DEBUG,
+            "partition %d: folded %d statuses dated before %s into the settled totals in %.1fs%s",
             partition,
-            len(keys),
-            datetime.fromtimestamp(horizon / 1000, UTC).isoformat(timespec="seconds"),
+            folded,
+            datetime.fromtimestamp(settled.horizon_ms / 1000, UTC).isoformat(timespec="seconds"),
             time.monotonic() - started,
+            f"; {len(self._folding[partition])} to go" if partition in self._folding else "",
         )
 
     def _dated_before(self, partition: int, horizon_ms: int) -> list[bytes]:
@@ -261,6 +285,13 @@ class CounterWorker:
             for key, raw in self.records.items(partition)
             if StatusRecord.event_ms_of(raw) < horizon_ms
         ]
+
+    async def stop(self) -> None:
+        """Write what is pending and close the records, once no batch or fold uses them."""
+        await self.flush()
+        self.report()
+        async with self._counting, self._open_lock:
+            await self.records.stop()
 
     # ------------------------------------------------------------------ HBase
 
@@ -371,9 +402,7 @@ def build_app(settings: ProcessorSettings, kafka: KafkaSettings, hbase: HBaseSet
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(sender: Any, *args: Any, **kwargs: Any) -> None:
-        await worker.flush()
-        worker.report()
-        await worker.records.stop()
+        await worker.stop()
 
     @app.timer(interval=worker.policy.tick_s)
     async def flush_to_hbase() -> None:

@@ -172,10 +172,14 @@ class LiveCounters:
         everything they touch is written again.
 
         Windows are judged closed at `flushed_watermark_ms`, the watermark of the last flush
-        known to have completed (0 when unknown): a window that closed after it may have
-        missed its last write, so it is rebuilt and written once more before it closes.
+        known to have completed (0 when unknown), or at the one the last fold relied on if
+        later: a window that closed after it may have missed its last write, so it is
+        rebuilt and written once more before it closes. (One closed before the fold may
+        have lost folded statuses: rebuilt from the rest, it would be written too low.)
         """
         records = list(records)
+        if settled is not None:
+            flushed_watermark_ms = max(flushed_watermark_ms or 0, settled.written_watermark_ms)
         view = PartitionCounters()  # installed when complete: a flush never sees half of it
         if settled is not None:
             for row, amount in settled.totals.items():

@@ -38,10 +38,10 @@ OFFSET_KEY = b"\x00fedilake:changelog-offset"
 FLUSHED_WATERMARK_KEY = b"\x00fedilake:flushed-watermark"
 WRITTEN_AT_KEY = b"\x00fedilake:written-at"
 
-# The changelog keeps a deleted record's tombstone this long (topic config; Kafka's
-# default is a day). A database not written for longer than STALE_AFTER_S may have
-# missed a tombstone the cleaner has dropped since, and would revive the record: it is
-# rebuilt from the whole changelog instead of caught up.
+# A changelog created here keeps a deleted record's tombstone this long (one created by
+# an earlier version has Kafka's default, a day). A database not brought up to date for
+# longer than STALE_AFTER_S may have missed a tombstone the cleaner has dropped since,
+# and would revive the record: it is rebuilt from the whole changelog instead.
 DELETE_RETENTION_MS = 7 * 86_400_000
 STALE_AFTER_S = 12 * 3600.0
 
@@ -117,6 +117,7 @@ class RecordTable:
                 stored = None
             start = int(stored) + 1 if stored is not None else 0
             self._replay(db, partition, start)
+            db[WRITTEN_AT_KEY] = str(time.time()).encode()  # up to date as of now
         except BaseException:
             db.close()
             raise

@@ -35,6 +35,7 @@ SETTLED_PREFIX = b"\x00settled:"
 TOTAL_PREFIX = SETTLED_PREFIX + b"total:"
 ACCOUNT_PREFIX = SETTLED_PREFIX + b"account:"
 HORIZON_KEY = SETTLED_PREFIX + b"horizon"
+WATERMARK_KEY = SETTLED_PREFIX + b"written-watermark"
 
 OPEN_ENDED = frozenset({Granularity.ALL, Granularity.MONTH})  # windows that never close
 
@@ -55,6 +56,9 @@ class Settled:
     """What the folded statuses of one partition add up to."""
 
     horizon_ms: int = NEVER
+    # The written watermark the last fold relied on: every hour and day window closed at
+    # it had been written for the last time, so no owner rebuilds one from fewer records.
+    written_watermark_ms: int = 0
     totals: dict[MetricRow, int] = field(default_factory=dict)
     accounts: dict[str, AccountSnapshot] = field(default_factory=dict)
 
@@ -86,8 +90,11 @@ class Settled:
     # ------------------------------------------------------------------ storage
 
     def changes(self, rows: Iterable[MetricRow], handles: Iterable[str]) -> dict[bytes, bytes]:
-        """The stored form of the horizon and of the given totals and accounts."""
-        stored = {HORIZON_KEY: str(self.horizon_ms).encode()}
+        """The stored form of the horizon, the watermark and the given totals and accounts."""
+        stored = {
+            HORIZON_KEY: str(self.horizon_ms).encode(),
+            WATERMARK_KEY: str(self.written_watermark_ms).encode(),
+        }
         for row in rows:
             stored[TOTAL_PREFIX + row.key()] = str(self.totals[row]).encode()
         for handle in handles:
@@ -104,6 +111,8 @@ class Settled:
         for key, value in items:
             if key == HORIZON_KEY:
                 settled.horizon_ms = int(value)
+            elif key == WATERMARK_KEY:
+                settled.written_watermark_ms = int(value)
             elif key.startswith(TOTAL_PREFIX):
                 settled.totals[MetricRow.from_key(key[len(TOTAL_PREFIX) :])] = int(value)
             elif key.startswith(ACCOUNT_PREFIX):

@@ -50,12 +50,39 @@ def test_a_rebuild_from_settled_totals_writes_what_one_from_every_record_does() 
         rows |= more_rows
         handles |= more_handles
     assert rows == set(settled.totals) and handles == set(settled.accounts)
+    settled.written_watermark_ms = horizon + 1
     stored = Settled.from_items(settled.changes(rows, handles).items())
     assert stored == settled
 
     everything = _open_ended(list(records.values()))
     assert 0 in everything.values()  # what deleted and edited statuses left is written as 0
     assert _open_ended(kept, stored) == everything
+
+
+def test_a_new_owner_does_not_rewrite_a_window_that_lost_folded_statuses() -> None:
+    """A worker taking a partition over has no written watermark of its own: it must not
+    rebuild the day that straddles the horizon from the statuses left after the fold."""
+    records = _records(hours=96)
+    lateness_s, retention_ms = 7200, (86400 + 7200) * 1000
+    written = millis(START + timedelta(hours=80))
+    horizon = fold_horizon(written, retention_ms)
+    assert (horizon - millis(START)) % 86_400_000  # mid-day: that day keeps statuses
+    settled = Settled(horizon_ms=horizon, written_watermark_ms=written)
+    kept = []
+    for record in records.values():
+        if settled.folds(record):
+            settled.fold(record)
+        else:
+            kept.append(record)
+
+    everything = LiveCounters(allowed_lateness_s=lateness_s)
+    everything.rebuild(0, list(records.values()))
+    truth = everything.take(0).values()
+    new_owner = LiveCounters(allowed_lateness_s=lateness_s)
+    new_owner.rebuild(0, kept, None, settled)
+    rewritten = new_owner.take(0).values()
+    assert rewritten
+    assert {row: truth.get(row, 0) for row in rewritten} == rewritten
 
 
 def test_a_status_older_than_the_horizon_without_a_record_counts_as_folded() -> None:
@@ -75,6 +102,7 @@ def test_the_retention_must_outlive_a_day_window_and_its_lateness() -> None:
     with pytest.raises(ValueError, match="at least a day plus"):
         ProcessorSettings(allowed_lateness_s=3600, status_retention_s=86400)
     assert ProcessorSettings(allowed_lateness_s=3600, status_retention_s=90000)
+    assert ProcessorSettings(allowed_lateness_s=1000 * 86400).status_retention_s is None
 
 
 def test_a_record_tells_its_date_without_being_decoded() -> None:
