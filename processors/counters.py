@@ -209,12 +209,11 @@ class CounterWorker:
         """
         if self.retention_ms is None or self.app.rebalancing:
             return
-        due = self._fold_due(self.retention_ms)
-        if not due:
+        if not self._fold_due(self.retention_ms):
             return
         async with self._counting, self._open_lock:
-            for partition in due:
-                if partition in self.settled and not self.app.rebalancing:
+            for partition in self._fold_due(self.retention_ms):  # still due: asked again
+                if not self.app.rebalancing:
                     await self._fold(partition, self.retention_ms)
 
     def _fold_due(self, retention_ms: int) -> list[int]:
