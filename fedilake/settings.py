@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -233,6 +233,11 @@ class ProcessorSettings(BaseSettings):
     )
     data_dir: Path = REPO_ROOT / ".fedilake" / "faust"
     web_port: int = 6066
+
+    @field_validator("status_retention_s", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _retention_outlives_windows(self) -> ProcessorSettings:

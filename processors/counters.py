@@ -13,7 +13,8 @@ are acknowledged to Faust, so a committed offset never runs ahead of the records
 events replayed after a crash change nothing (`statuses.apply` is idempotent). The
 counters are not stored at all: whenever a partition is (re)opened, after a restart
 or a rebalance, they are rebuilt from its records and written whole, which also
-rewrites any flush a crash lost.
+rewrites any flush a crash lost. With a status retention set, statuses that old are
+folded into the partition's settled totals (`settled`), which the rebuild starts from.
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ class CounterWorker:
         self.hbase = hbase
         self.source = replace(Topics.EVENTS, name=settings.source_topic)
         self.records = RecordTable(
-            settings.data_dir / settings.app_id, changelog_topic(settings), kafka
+            settings.data_dir / settings.app_id,
+            changelog_topic(settings),
+            kafka,
+            folding=settings.status_retention_s is not None,
         )
         self.live = LiveCounters(settings.allowed_lateness_s)
         self.settled: dict[int, Settled] = {}
@@ -202,31 +206,37 @@ class CounterWorker:
         Each step, the deleted records with the totals, horizon and watermark that take
         them in, is one changelog batch, so a crash leaves every status either in a record
         or in the totals, never both or neither. Runs between batches (nothing is pending),
-        after each one and from the flush timer, so a quiet topic folds too. A call takes
-        at most `FOLD_STEPS_PER_CALL` steps and none while the group rebalances: the locks
-        it holds keep revocations, batches and shutdown waiting. A failure here must stop
-        the worker, as in `process_batch`: the totals in memory may be ahead.
+        after each one and from the flush timer, so a quiet topic folds too. A call writes
+        about `FOLD_STEPS_PER_CALL` steps at most (a scan of one partition's records, then
+        its steps) and starts none while the group rebalances: the locks it holds keep
+        revocations, batches and shutdown waiting. A failure here must stop the worker, as
+        in `process_batch`: the totals in memory may be ahead.
         """
         if self.retention_ms is None or self.app.rebalancing:
             return
         if not self._fold_due(self.retention_ms):
             return
         async with self._counting, self._open_lock:
+            steps = 0
             for partition in self._fold_due(self.retention_ms):  # still due: asked again
-                if not self.app.rebalancing:
-                    await self._fold(partition, self.retention_ms)
+                if self.app.rebalancing or steps >= FOLD_STEPS_PER_CALL:
+                    return
+                steps += await self._fold(partition, self.retention_ms, FOLD_STEPS_PER_CALL - steps)
 
     def _fold_due(self, retention_ms: int) -> list[int]:
         """Open partitions with a fold under way, or whose fold horizon moved on enough."""
         due = []
         for partition, settled in self.settled.items():
+            if not self.records.is_open(partition):
+                continue
             flushed = self.records.flushed_watermark(partition)
             horizon = fold_horizon(flushed, retention_ms)
             if partition in self._folding or horizon >= settled.horizon_ms + FOLD_EVERY_MS:
                 due.append(partition)
         return due
 
-    async def _fold(self, partition: int, retention_ms: int) -> None:
+    async def _fold(self, partition: int, retention_ms: int, max_steps: int) -> int:
+        """Fold up to `max_steps` steps of the partition's due statuses; the steps written."""
         started = time.monotonic()
         settled = self.settled[partition]
         keys = self._folding.pop(partition, None)
@@ -261,11 +271,12 @@ class CounterWorker:
                 )
                 rows, handles, deleted, size = set(), set(), {}, 0
                 steps += 1
-                if (steps >= FOLD_STEPS_PER_CALL or self.app.rebalancing) and n + 1 < len(keys):
+                if (steps >= max_steps or self.app.rebalancing) and n + 1 < len(keys):
                     self._folding[partition] = keys[n + 1 :]  # the next call goes on
                     break
         else:
             await self.records.write_now(partition, {**settled.changes(rows, handles), **deleted})
+            steps += 1
         self.stats.folded += folded
         log.log(
             logging.INFO if folded else logging.DEBUG,
@@ -276,6 +287,7 @@ class CounterWorker:
             time.monotonic() - started,
             f"; {len(self._folding[partition])} to go" if partition in self._folding else "",
         )
+        return steps
 
     def _dated_before(self, partition: int, horizon_ms: int) -> list[bytes]:
         """Keys of the records of statuses dated before `horizon_ms` (a thread's work)."""
@@ -291,6 +303,8 @@ class CounterWorker:
         self.report()
         async with self._counting, self._open_lock:
             await self.records.stop()
+            self.settled.clear()  # nothing is open any more: no fold is due
+            self._folding.clear()
 
     # ------------------------------------------------------------------ HBase
 

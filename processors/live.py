@@ -178,8 +178,7 @@ class LiveCounters:
         have lost folded statuses: rebuilt from the rest, it would be written too low.)
         """
         records = list(records)
-        if settled is not None:
-            flushed_watermark_ms = max(flushed_watermark_ms or 0, settled.written_watermark_ms)
+        fence = settled.written_watermark_ms if settled is not None else 0
         view = PartitionCounters()  # installed when complete: a flush never sees half of it
         if settled is not None:
             for row, amount in settled.totals.items():
@@ -189,8 +188,8 @@ class LiveCounters:
         for record in records:
             if record.version_ms != NEVER:
                 self._advance(view, record.event_ms)
-        view.catch_up_ms = view.watermark_ms
-        view.watermark_ms = min(view.watermark_ms, flushed_watermark_ms or 0)
+        view.catch_up_ms = max(view.watermark_ms, fence)
+        view.watermark_ms = max(min(view.watermark_ms, flushed_watermark_ms or 0), fence)
         for record in records:
             for row, amount in record.rows().items():
                 self._add(view, row, amount, late=False)

@@ -29,6 +29,8 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from fedilake.settings import KafkaSettings
 
+from .settled import HORIZON_KEY
+
 log = logging.getLogger(__name__)
 
 # Keys of our own in each partition's database (status uris never start with a NUL byte):
@@ -81,10 +83,13 @@ def ensure_changelog(kafka: KafkaSettings, name: str, partitions: int) -> None:
 class RecordTable:
     """Records of the partitions this worker owns: read through, written per batch."""
 
-    def __init__(self, data_dir: Path, changelog: str, kafka: KafkaSettings) -> None:
+    def __init__(
+        self, data_dir: Path, changelog: str, kafka: KafkaSettings, *, folding: bool = False
+    ) -> None:
         self.data_dir = data_dir
         self.changelog = changelog
         self.kafka = kafka
+        self.folding = folding  # records are deleted: the changelog holds tombstones
         self._dbs: dict[int, Rdict] = {}
         self._pending: dict[int, dict[bytes, bytes]] = {}
         self._producer: AIOKafkaProducer | None = None
@@ -104,7 +109,8 @@ class RecordTable:
             stored = db.get(OFFSET_KEY)
             written = db.get(WRITTEN_AT_KEY)
             age_s = time.time() - float(written) if isinstance(written, bytes) else None
-            if stored is not None and (age_s is None or age_s > STALE_AFTER_S):
+            tombstones = self.folding or db.get(HORIZON_KEY) is not None
+            if stored is not None and tombstones and (age_s is None or age_s > STALE_AFTER_S):
                 log.info(
                     "partition %d: local status records last written %s; rebuilding them from "
                     "the whole changelog (a folded record's tombstone may be gone from it)",
@@ -116,7 +122,10 @@ class RecordTable:
                 db = Rdict(str(path), Options(raw_mode=True))
                 stored = None
             start = int(stored) + 1 if stored is not None else 0
-            self._replay(db, partition, start)
+            if self._replay(db, partition, start) and stored is not None:
+                # Written since by another worker (or by this one just before a crash):
+                # what this database last saw written to HBase says nothing of its windows.
+                db.delete(FLUSHED_WATERMARK_KEY)
             db[WRITTEN_AT_KEY] = str(time.time()).encode()  # up to date as of now
         except BaseException:
             db.close()
@@ -180,6 +189,7 @@ class RecordTable:
         db = self._dbs.pop(partition, None)
         self._pending.pop(partition, None)
         if db is not None:
+            db[WRITTEN_AT_KEY] = str(time.time()).encode()  # everything it wrote is in it
             db.close()
 
     def close_all(self) -> None:

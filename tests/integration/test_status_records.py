@@ -77,3 +77,35 @@ def test_a_fold_step_lands_whole_and_replays(stack: LocalStack, tmp_path: Path) 
     _open(stale, 0)
     assert _state(stale, 0) == written
     stale.close_all()
+
+
+def test_a_database_another_worker_wrote_past_forgets_its_written_watermark(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """What a database's worker last wrote to HBase says nothing of windows another owner
+    changed since: its rebuild must write them again."""
+    kafka = KafkaSettings()
+    changelog = f"fedilake-test-records-{uuid.uuid4().hex[:8]}"
+    ensure_changelog(kafka, changelog, partitions=1)
+
+    async def own_for_a_while(directory: str, uri: str, watermark_ms: int) -> None:
+        table = RecordTable(tmp_path / directory, changelog, kafka)
+        _open(table, 0)
+        table.put(0, uri.encode(), b"[1,1]")
+        await table.commit()
+        table.set_flushed_watermark(0, watermark_ms)
+        await table.stop()
+
+    asyncio.run(own_for_a_while("a", "https://a.example/s/1", 1_000))
+    asyncio.run(own_for_a_while("b", "https://a.example/s/2", 2_000))  # the next owner
+
+    back = RecordTable(tmp_path / "a", changelog, kafka)
+    _open(back, 0)
+    assert back.get(0, b"https://a.example/s/2") == b"[1,1]"
+    assert back.flushed_watermark(0) is None
+    back.close_all()
+    # The last owner's own database: nobody wrote past it, so its watermark stands.
+    last = RecordTable(tmp_path / "b", changelog, kafka)
+    _open(last, 0)
+    assert last.flushed_watermark(0) == 2_000
+    last.close_all()

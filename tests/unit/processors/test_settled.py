@@ -105,6 +105,13 @@ def test_the_retention_must_outlive_a_day_window_and_its_lateness() -> None:
     assert ProcessorSettings(allowed_lateness_s=1000 * 86400).status_retention_s is None
 
 
+def test_an_empty_retention_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDILAKE_PROCESSOR_STATUS_RETENTION_S", "")
+    assert ProcessorSettings().status_retention_s is None
+    monkeypatch.setenv("FEDILAKE_PROCESSOR_STATUS_RETENTION_S", "200000")
+    assert ProcessorSettings().status_retention_s == 200000
+
+
 def test_a_record_tells_its_date_without_being_decoded() -> None:
     record = StatusRecord(event_ms=1_764_000_000_123, version_ms=5)
     assert StatusRecord.event_ms_of(record.to_bytes()) == record.event_ms
