@@ -355,6 +355,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return run_speed_bench(
             args.events, out, rate=args.rate, seconds=args.seconds, flush_interval_s=args.flush_s
         )
+    if args.target == "fold":
+        from fedilake.speed_bench import run_fold_bench
+
+        return run_fold_bench(args.events, out, days=args.days, retention_h=args.retention_h)
     return run_skeleton_bench(args.events, out)
 
 
@@ -504,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("bench", help="measure events/s through the pipeline on the local stack")
-    p.add_argument("target", choices=["skeleton", "streamer", "lake", "speed"])
+    p.add_argument("target", choices=["skeleton", "streamer", "lake", "speed", "fold"])
     p.add_argument("--events", type=int, default=20000)
     p.add_argument(
         "--rate", type=float, default=1000.0, help="speed: events/s of the freshness run"
@@ -517,6 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="speed: the longest the worker waits between two HBase flushes",
     )
     p.add_argument("--hours", type=int, default=1, help="lake: event-time hours the events span")
+    p.add_argument("--days", type=int, default=10, help="fold: event-time days the events span")
+    p.add_argument(
+        "--retention-h",
+        type=float,
+        default=50.0,
+        help="fold: the status retention of the folding worker (at least 24 h + lateness)",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(

@@ -304,3 +304,79 @@ def run_speed_bench(
         finally:
             run.stop_workers()
             run.cleanup()
+
+
+@dataclass
+class FoldFigures:
+    """One worker over a long backlog, and its restart."""
+
+    events_per_s: float
+    rss_mb: float
+    folded: int
+    records: int  # rebuilt at the restart
+    rebuild_s: float  # the restart's rebuilds, summed over partitions
+
+
+_REBUILT = re.compile(r"from (\d+) status records in ([\d.]+)s")
+
+
+def backlog_and_restart(run: SpeedRun, history: History) -> FoldFigures:
+    """Count the backlog, stop the worker (SIGTERM), start it again: what it rebuilds."""
+    figures = worker_throughput(run, len(history.envelopes))
+    run.stop_workers()
+    log = run.workdir / "worker.log"
+    folded = sum(int(n) for n in re.findall(r"folded (\d+) statuses", log.read_text()))
+    mark = len(log.read_text())
+    run.start_worker()
+    deadline = time.monotonic() + 180
+    while len(rebuilt := _REBUILT.findall(log.read_text()[mark:])) < 4:
+        run.check_workers()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the restarted worker did not rebuild\n{run.log_tails()}")
+        time.sleep(0.2)
+    run.stop_workers()
+    return FoldFigures(
+        figures.events_per_s,
+        figures.rss_mb,
+        folded,
+        sum(int(n) for n, _ in rebuilt),
+        sum(float(s) for _, s in rebuilt),
+    )
+
+
+def run_fold_bench(
+    events: int, out: Callable[[str], None], days: int = 10, retention_h: float = 50.0
+) -> int:
+    """The same backlog of `days` of event time through a worker that keeps every record,
+    then through one that folds statuses `retention_h` old: throughput, memory, and the
+    records a restart rebuilds."""
+    start = datetime(2025, 3, 1, tzinfo=UTC) + timedelta(hours=int(time.time()) % 5000)
+    history = speed_history(events, start=start, hours=days * 24)
+    out(f"history: {len(history.envelopes)} events over {days} days of event time")
+    results = {}
+    for retention in (None, retention_h):
+        name = "every record kept" if retention is None else f"folding at {retention:g} h"
+        with tempfile.TemporaryDirectory(prefix="fedilake-fold-bench-") as tmp:
+            env = {}
+            if retention is not None:
+                env["FEDILAKE_PROCESSOR_STATUS_RETENTION_S"] = str(retention * 3600)
+            run = SpeedRun(Path(tmp), report_interval_s=0.5, settings_env=env)
+            run.setup()
+            try:
+                run.produce(history.envelopes)
+                results[name] = figures = backlog_and_restart(run, history)
+            finally:
+                run.stop_workers()
+                run.cleanup()
+        out(
+            f"{name:22} {figures.events_per_s:8,.0f} events/s, RSS {figures.rss_mb:4.0f} MB, "
+            f"{figures.folded:7,} statuses folded; restart rebuilds {figures.records:7,} "
+            f"records in {figures.rebuild_s:.1f} s"
+        )
+    kept, folding = results.values()
+    out(
+        f"folding / keeping: {folding.events_per_s / kept.events_per_s:.2f} x the throughput, "
+        f"{folding.records / max(kept.records, 1):.2f} x the records rebuilt, "
+        f"{folding.rebuild_s / max(kept.rebuild_s, 0.001):.2f} x the rebuild time"
+    )
+    return 0
