@@ -10,7 +10,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import orjson
 
@@ -329,10 +329,13 @@ class Tables:
 
     METRICS = TableSpec("fedilake_metrics", _families())
     HOURLY = TableSpec("fedilake_metrics_hourly", _families(time_to_live=HOURLY_TTL_S))
+    # One row, `LiveLease.ROW`: a cell per source partition saying who writes its live
+    # column (see `LiveLease`).
+    LEASES = TableSpec("fedilake_live_leases", {"o": {"max_versions": 1}})
 
     @classmethod
     def all(cls) -> tuple[TableSpec, ...]:
-        return (cls.METRICS, cls.HOURLY)
+        return (cls.METRICS, cls.HOURLY, cls.LEASES)
 
     @classmethod
     def for_granularity(cls, granularity: Granularity) -> TableSpec:
@@ -342,6 +345,46 @@ class Tables:
 class Column:
     LIVE_PREFIX = b"l:"
     BATCH = b"b:n"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveLease:
+    """Who writes a source partition's live column, and the newest cell timestamp it claimed.
+
+    Kept in `Tables.LEASES` and changed only by check-and-put. A worker claims a timestamp
+    in the lease before each write of the partition's cells and writes them at it; a worker
+    taking the partition over starts one epoch up, above every timestamp claimed before.
+    A write of an earlier owner that lands late (a paused "zombie" worker) is therefore
+    older than every write of the new owner: HBase returns the newest (VERSIONS 1), and a
+    delete at a timestamp removes only what is older. The earlier owner's next claim fails,
+    and it learns that the partition is no longer its own.
+    """
+
+    epoch: int
+    claimed_ms: int
+
+    ROW: ClassVar[bytes] = b"live"
+
+    @staticmethod
+    def column(partition: int) -> bytes:
+        return f"o:p{partition}".encode()
+
+    def taken_over(self, now_ms: int) -> LiveLease:
+        """The lease of the next owner."""
+        return LiveLease(self.epoch + 1, max(now_ms, self.claimed_ms + 1))
+
+    def claimed(self, now_ms: int) -> LiveLease:
+        """The lease after claiming the timestamp of one more write: the clock, but always
+        above the last one claimed (a delete masks a put of its own timestamp)."""
+        return LiveLease(self.epoch, max(now_ms, self.claimed_ms + 1))
+
+    def encode(self) -> bytes:
+        return f"{self.epoch}:{self.claimed_ms}".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> LiveLease:
+        epoch, claimed = raw.split(b":")
+        return cls(int(epoch), int(claimed))
 
 
 ROW_SEPARATOR = "\x00"

@@ -231,6 +231,14 @@ class ProcessorSettings(BaseSettings):
         "(at least a day plus allowed_lateness_s). Their later edits, deletes and refreshes "
         "then no longer reach the live all-time counters. Unset: records are kept for good",
     )
+    session_timeout_s: float = Field(
+        default=60.0,
+        ge=6,
+        le=90,
+        description="a worker not heard from for this long leaves the group and its partitions "
+        "go to the others (at least Kafka's group.min.session.timeout.ms, at most Faust's "
+        "request timeout)",
+    )
     data_dir: Path = REPO_ROOT / ".fedilake" / "faust"
     web_port: int = 6066
 

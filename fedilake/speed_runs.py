@@ -140,6 +140,17 @@ class SpeedRun:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
 
+    def pause_worker(self, name: str) -> None:
+        """SIGSTOP: the worker stops mid-whatever, as in a long GC or a frozen VM."""
+        os.kill(self.workers[name].pid, signal.SIGSTOP)
+
+    def resume_worker(self, name: str) -> subprocess.Popen[bytes]:
+        """SIGCONT, and the worker is no longer watched by `check_workers`: it may stop on
+        finding its partitions taken over."""
+        process = self.workers.pop(name)
+        os.kill(process.pid, signal.SIGCONT)
+        return process
+
     def stop_workers(self, timeout_s: float = 60.0) -> None:
         for process in self.workers.values():
             process.terminate()

@@ -15,6 +15,12 @@ counters are not stored at all: whenever a partition is (re)opened, after a rest
 or a rebalance, they are rebuilt from its records and written whole, which also
 rewrites any flush a crash lost. With a status retention set, statuses that old are
 folded into the partition's settled totals (`settled`), which the rebuild starts from.
+
+Fencing: each flush writes a partition's cells at a timestamp claimed first in the
+partition's `LiveLease`, and a worker taking a partition over starts above every
+timestamp claimed before it. A worker paused past its session (a "zombie") whose
+flush lands after the next owner's writes is therefore shadowed by them; its next
+claim fails, and it stops as a crash does.
 """
 
 from __future__ import annotations
@@ -26,14 +32,23 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import happybase
 
-from fedilake.contracts import Envelope, EnvelopeError, EventKind, MetricRow, RowKeys, Topics
+from fedilake.contracts import (
+    Envelope,
+    EnvelopeError,
+    EventKind,
+    LiveLease,
+    MetricRow,
+    RowKeys,
+    Tables,
+    Topics,
+)
 from fedilake.settings import HBaseSettings, KafkaSettings, ProcessorSettings
-from sinks.hbase import MetricStore, connect
+from sinks.hbase import LiveLeases, MetricStore, PartitionTakenOver, connect, init_tables
 
 from .live import Flush, FlushPolicy, LiveCounters
 from .records import RecordTable, ensure_changelog
@@ -45,7 +60,7 @@ log = logging.getLogger(__name__)
 COUNTED_KINDS = frozenset({EventKind.STATUS, EventKind.EDIT, EventKind.DELETE, EventKind.REFRESH})
 
 FOLD_EVERY_MS = 3_600_000  # fold a partition's old statuses once its horizon moved an hour
-FOLD_STEP_BYTES = 512 * 1024  # what one fold step writes: within one changelog batch (1 MiB)
+FOLD_STEP_BYTES = 512 * 1024  # what one fold step (one changelog transaction) writes at most
 FOLD_STEPS_PER_CALL = 8  # then the locks are let go: for a batch, a rebalance, a shutdown
 
 
@@ -103,6 +118,8 @@ class CounterWorker:
         self._counting = asyncio.Lock()  # a batch being counted, or a fold
         self._connection: happybase.Connection | None = None
         self._store: MetricStore | None = None
+        self._leases: LiveLeases | None = None
+        self.lease: dict[int, LiveLease] = {}  # of each partition this worker has written
 
     # ------------------------------------------------------------------ events
 
@@ -163,11 +180,9 @@ class CounterWorker:
             missing = sorted(p for p in partitions if not self.records.is_open(p))
             if not missing:
                 return
-            loop = asyncio.get_running_loop()
             for partition in missing:
                 started = time.monotonic()
-                db = await loop.run_in_executor(None, self.records.recover, partition)
-                self.records.install(partition, db)
+                await self.records.open(partition)
                 try:
                     settled = Settled.from_items(
                         self.records.items_under(partition, SETTLED_PREFIX)
@@ -178,7 +193,7 @@ class CounterWorker:
                     )
                     self.settled[partition] = settled
                 except BaseException:
-                    self.records.close(partition)  # opened only with its counters
+                    await self.records.close(partition)  # opened only with its counters
                     self.live.drop(partition)
                     raise
                 log.info(
@@ -198,13 +213,14 @@ class CounterWorker:
                 self.live.drop(partition)
                 self.settled.pop(partition, None)
                 self._folding.pop(partition, None)
-                self.records.close(partition)
+                self.lease.pop(partition, None)  # if it comes back: a new epoch
+                await self.records.close(partition)
 
     async def fold_old_statuses(self) -> None:
         """Fold the statuses past the retention into their partition's settled totals.
 
         Each step, the deleted records with the totals, horizon and watermark that take
-        them in, is one changelog batch, so a crash leaves every status either in a record
+        them in, is one changelog transaction, so a crash leaves every status either in a record
         or in the totals, never both or neither. Runs between batches (nothing is pending),
         after each one and from the flush timer, so a quiet topic folds too. A call writes
         about `FOLD_STEPS_PER_CALL` steps at most (a scan of one partition's records, then
@@ -308,15 +324,32 @@ class CounterWorker:
 
     # ------------------------------------------------------------------ HBase
 
-    def _metric_store(self) -> MetricStore:
-        if self._store is None:
+    def _metric_store(self) -> tuple[MetricStore, LiveLeases]:
+        if self._store is None or self._leases is None:
             self._connection = connect(self.hbase)
+            init_tables(self._connection, [Tables.LEASES])  # for a schema of an earlier version
             self._store = MetricStore(self._connection, RowKeys(self.hbase.salt_buckets))
-        return self._store
+            self._leases = LiveLeases(self._connection)
+        return self._store, self._leases
 
     def _write(self, flushes: dict[int, Flush]) -> int:
-        store = self._metric_store()
-        return sum(store.write_live(p, f.counts, f.accounts) for p, f in flushes.items())
+        """Each partition's cells at a timestamp claimed in its lease (blocking: run in an
+        executor thread, under the flush lock). Returns the cells written, leases included."""
+        store, leases = self._metric_store()
+        cells = 0
+        for partition, flush in flushes.items():
+            now_ms = time.time_ns() // 1_000_000
+            lease = self.lease.get(partition)
+            if lease is None:
+                lease = self.lease[partition] = leases.take(partition, now_ms)
+                log.info(
+                    "partition %d: writing its live column as epoch %d", partition, lease.epoch
+                )
+            lease = self.lease[partition] = leases.claim(partition, lease, now_ms)
+            cells += 1 + store.write_live(
+                partition, flush.counts, flush.accounts, timestamp=lease.claimed_ms
+            )
+        return cells
 
     async def flush_if_due(self) -> None:
         elapsed = time.monotonic() - self._last_flush
@@ -333,6 +366,11 @@ class CounterWorker:
             loop = asyncio.get_running_loop()
             try:
                 cells = await loop.run_in_executor(None, self._write, flushes)
+            except PartitionTakenOver as exc:
+                # This worker was paused or cut off past its session: the partition is
+                # another's, and so may the others be. Stop as a crash does; restarted, it
+                # joins the group again and rebuilds what it is given.
+                _stop_now("writing the live counters", exc)
             except Exception as exc:  # noqa: BLE001 - raising here would stop the whole worker
                 for partition, flush in flushes.items():
                     self.live.give_back(partition, flush)  # absolute values: safe to write again
@@ -354,6 +392,7 @@ class CounterWorker:
                 log.debug("closing the HBase connection: %s", exc)
         self._connection = None
         self._store = None
+        self._leases = None
 
     def report(self) -> None:
         log.info(
@@ -390,6 +429,8 @@ def build_app(settings: ProcessorSettings, kafka: KafkaSettings, hbase: HBaseSet
         key_serializer="raw",
         value_serializer="raw",
         consumer_max_fetch_size=settings.fetch_bytes_per_partition,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
     )
     events = app.topic(settings.source_topic, key_type=bytes, value_type=bytes)
     worker = CounterWorker(app, settings, kafka, hbase)
@@ -437,7 +478,7 @@ def build_app(settings: ProcessorSettings, kafka: KafkaSettings, hbase: HBaseSet
     return app
 
 
-def _stop_now(what: str, exc: BaseException) -> None:
+def _stop_now(what: str, exc: BaseException) -> NoReturn:
     """Stop as a crash does: the restarted worker recovers exactly from the changelog."""
     log.critical("%s failed; the worker stops now: %r", what, exc)
     logging.shutdown()

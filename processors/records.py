@@ -2,11 +2,17 @@
 
 This is the table of the speed layer, written the way Kafka Streams writes a cached
 state store: the changes of a batch of events go to the changelog topic as one
-batch per partition, and only once Kafka has acknowledged them (acks=all) are they
+transaction per partition, and only once Kafka has committed them (acks=all) are they
 written to RocksDB, together with the changelog offset they reach. The events of the
 batch are acknowledged to Faust after that, so a committed offset never runs ahead
 of the changelog. After a crash, or when a partition moves to this worker, its
 database is brought up to date by reading the changelog from the stored offset.
+
+Fencing: a partition's changelog is written by a transactional producer whose id is
+the partition's own. Opening a partition starts one, before the replay, which fences
+every earlier owner's: Kafka aborts what it had sent and not committed, and its next
+send or commit fails. The replay reads committed records only, so a worker paused
+past its session (a "zombie") cannot put older records over the new owner's.
 
 Faust's own tables send one changelog message per key change through a per-message
 buffer; measured here, that path alone caps a worker at about 3,300 events/s.
@@ -14,14 +20,16 @@ buffer; measured here, that path alone caps a worker at about 3,300 events/s.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -92,12 +100,52 @@ class RecordTable:
         self.folding = folding  # records are deleted: the changelog holds tombstones
         self._dbs: dict[int, Rdict] = {}
         self._pending: dict[int, dict[bytes, bytes]] = {}
-        self._producer: AIOKafkaProducer | None = None
+        self._producers: dict[int, AIOKafkaProducer] = {}  # in a transaction, ready to write
 
     # ------------------------------------------------------------------ ownership
 
     def is_open(self, partition: int) -> bool:
         return partition in self._dbs
+
+    async def open(self, partition: int) -> None:
+        """Fence every earlier writer of the partition's changelog, then bring its database
+        up to date from the changelog (in an executor thread)."""
+        await self.fence(partition)
+        try:
+            db = await asyncio.get_running_loop().run_in_executor(None, self.recover, partition)
+        except BaseException:
+            await self._stop_producer(partition)
+            raise
+        self.install(partition, db)
+
+    async def fence(self, partition: int) -> None:
+        """Become the only writer of the partition's changelog: a transactional producer
+        with the partition's id, which Kafka gives a new epoch when it starts, aborting an
+        earlier owner's open transaction and refusing what that owner sends next."""
+        if partition in self._producers:
+            return
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            transactional_id=f"{self.changelog}-p{partition}",
+            acks="all",
+            # No compression: gzip cost a tenth of the worker's time; the topic is compacted.
+            max_request_size=16 * 1024 * 1024,
+            max_batch_size=1024 * 1024,
+        )
+        try:
+            await producer.start()
+            # Waits for the producer id, which is the fence.
+            await asyncio.wait_for(producer.begin_transaction(), REPLAY_STALL_S)
+        except TimeoutError:
+            await producer.stop()
+            raise RecordsUnavailable(
+                f"changelog {self.changelog} partition {partition}: no producer id from Kafka's "
+                f"transaction coordinator in {REPLAY_STALL_S:.0f}s; is Kafka up?"
+            ) from None
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producers[partition] = producer
 
     def recover(self, partition: int) -> Rdict:
         """The partition's database, brought up to date from the changelog (blocking: run it
@@ -143,6 +191,7 @@ class RecordTable:
             enable_auto_commit=False,
             group_id=None,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            isolation_level="read_committed",  # never a fenced owner's aborted records
         )
         replayed = 0
         started = time.monotonic()
@@ -169,8 +218,10 @@ class RecordTable:
                             batch.delete(record.key)
                         else:
                             batch.put(record.key, record.value)
-                        position = record.offset + 1
                         replayed += 1
+                # Transaction markers and aborted records take offsets too: the position
+                # moves past them, the records do not.
+                position = consumer.position(tp)
                 if position > before:
                     progressed = time.monotonic()
                     _mark_written(batch, position - 1)
@@ -185,16 +236,22 @@ class RecordTable:
         )
         return replayed
 
-    def close(self, partition: int) -> None:
+    async def close(self, partition: int) -> None:
         db = self._dbs.pop(partition, None)
         self._pending.pop(partition, None)
         if db is not None:
             db[WRITTEN_AT_KEY] = str(time.time()).encode()  # everything it wrote is in it
             db.close()
+        await self._stop_producer(partition)
 
-    def close_all(self) -> None:
-        for partition in list(self._dbs):
-            self.close(partition)
+    async def close_all(self) -> None:
+        for partition in {*self._dbs, *self._producers}:
+            await self.close(partition)
+
+    async def _stop_producer(self, partition: int) -> None:
+        producer = self._producers.pop(partition, None)
+        if producer is not None:
+            await producer.stop()  # its open transaction holds nothing yet
 
     # ------------------------------------------------------------------ reads and writes
 
@@ -234,81 +291,81 @@ class RecordTable:
             db[FLUSHED_WATERMARK_KEY] = str(watermark_ms).encode()
 
     async def commit(self) -> None:
-        """Changelog first (acknowledged by every replica), then RocksDB with the new offset.
+        """Changelog first (one committed transaction per partition), then RocksDB with the
+        new offset.
 
         A failure leaves the changes pending (and raises): they must not be lost, and the
         caller must not acknowledge the events they came from.
         """
-        producer = await self._producer_started()
         taken = [(p, changes) for p, changes in list(self._pending.items()) if changes]
         for partition, _ in taken:
             self._pending[partition] = {}
-        try:
-            waiting = []
-            for partition, changes in taken:
-                for batch, members in _chunks(changes, producer):
-                    future = await producer.send_batch(batch, self.changelog, partition=partition)
-                    waiting.append((partition, future, members))
-            for partition, future, members in waiting:
-                metadata = await future
-                last = metadata.offset + len(members) - 1
-                writes = WriteBatch(raw_mode=True)
-                for key, value in members.items():
-                    writes.put(key, value)
-                _mark_written(writes, last)
-                db = self._dbs.get(partition)
-                if db is not None:  # revoked meanwhile: the changelog has it for the next owner
-                    db.write(writes)
-        except BaseException:
+        results = await asyncio.gather(
+            *(self._write(p, changes) for p, changes in taken), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
             for partition, changes in taken:
                 if partition in self._pending:
                     self._pending[partition] = {**changes, **self._pending[partition]}
-            raise
+            raise failed[0]
 
     async def write_now(self, partition: int, changes: dict[bytes, bytes | None]) -> None:
-        """Puts and deletes (None) that stand or fall together: one producer batch, which
-        Kafka appends to the changelog whole or not at all, then one RocksDB write.
+        """Puts and deletes (None) that stand or fall together: one changelog transaction,
+        then one RocksDB write.
 
         Nothing of the partition may be pending: it would reach the changelog after these.
         """
         if self._pending.get(partition):
             raise RuntimeError(f"partition {partition} has uncommitted records")
-        producer = await self._producer_started()
-        batch = producer.create_batch()
-        for key, value in changes.items():
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                raise ValueError(f"{len(changes)} changes exceed one changelog batch")
-        metadata = await (await producer.send_batch(batch, self.changelog, partition=partition))
+        await self._write(partition, changes)
+
+    async def _write(self, partition: int, changes: Mapping[bytes, bytes | None]) -> None:
+        producer = self._producers.get(partition)
+        if producer is None:
+            raise RuntimeError(
+                f"partition {partition}: no changelog producer (not opened, or fenced by its "
+                "next owner)"
+            )
+        waiting = []
+        try:
+            for batch, members in _chunks(changes, producer):
+                future = await producer.send_batch(batch, self.changelog, partition=partition)
+                waiting.append((future, members))
+            await producer.commit_transaction()
+            await producer.begin_transaction()  # ready for the next, as `fence` leaves it
+        except BaseException:
+            for future, _ in waiting:  # their failure is the one raised here
+                if future.done() and not future.cancelled():
+                    future.exception()
+            await self._abort(partition, producer)
+            raise
         writes = WriteBatch(raw_mode=True)
-        for key, value in changes.items():
-            if value is None:
-                writes.delete(key)
-            else:
-                writes.put(key, value)
-        _mark_written(writes, metadata.offset + len(changes) - 1)
+        for future, members in waiting:
+            metadata = await future  # committed, hence appended
+            for key, value in members.items():
+                if value is None:
+                    writes.delete(key)
+                else:
+                    writes.put(key, value)
+            _mark_written(writes, metadata.offset + len(members) - 1)
         db = self._dbs.get(partition)
         if db is not None:  # revoked meanwhile: the changelog has it for the next owner
             db.write(writes)
 
-    async def _producer_started(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.kafka.bootstrap_servers,
-                acks="all",
-                enable_idempotence=True,
-                # No compression: gzip cost a tenth of the worker's time; the topic is compacted.
-                max_request_size=16 * 1024 * 1024,
-                max_batch_size=1024 * 1024,
-            )
-            await producer.start()
-            self._producer = producer
-        return self._producer
+    async def _abort(self, partition: int, producer: AIOKafkaProducer) -> None:
+        """After a failed write: abort the transaction and begin the next; a producer that
+        cannot (fenced: the partition is another worker's) is dropped."""
+        try:
+            await producer.abort_transaction()
+            await producer.begin_transaction()
+        except (KafkaError, AssertionError, RuntimeError) as exc:
+            log.warning("partition %d: the changelog producer cannot go on: %r", partition, exc)
+            if self._producers.get(partition) is producer:
+                await self._stop_producer(partition)
 
     async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-        self.close_all()
+        await self.close_all()
 
 
 def _mark_written(writes: WriteBatch, changelog_offset: int) -> None:
@@ -317,18 +374,19 @@ def _mark_written(writes: WriteBatch, changelog_offset: int) -> None:
 
 
 def _chunks(
-    changes: dict[bytes, bytes], producer: AIOKafkaProducer
-) -> Iterator[tuple[Any, dict[bytes, bytes]]]:
+    changes: Mapping[bytes, bytes | None], producer: AIOKafkaProducer
+) -> Iterator[tuple[Any, dict[bytes, bytes | None]]]:
     """The changes as producer batches (a batch holds up to `max_batch_size` bytes)."""
     batch = producer.create_batch()
-    members: dict[bytes, bytes] = {}
+    members: dict[bytes, bytes | None] = {}
     for key, value in changes.items():
         if batch.append(key=key, value=value, timestamp=None) is None:
             yield batch, members
             batch = producer.create_batch()
             members = {}
             if batch.append(key=key, value=value, timestamp=None) is None:
-                raise ValueError(f"a status record of {len(value)} bytes exceeds the batch size")
+                size = len(value) if value is not None else 0
+                raise ValueError(f"a status record of {size} bytes exceeds the batch size")
         members[key] = value
     if members:
         yield batch, members

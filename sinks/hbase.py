@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from datetime import date
 
 import happybase
+from Hbase_thrift import Mutation
 
 from fedilake.contracts import (
     AccountCell,
     AccountRow,
     Column,
     Granularity,
+    LiveLease,
     Metric,
     MetricRow,
     RowKeys,
@@ -49,6 +51,57 @@ def init_tables(connection: happybase.Connection, specs: Iterable[TableSpec] = (
         created.append(spec.name)
         log.info("created HBase table %s", spec.name)
     return created
+
+
+class PartitionTakenOver(RuntimeError):
+    """Another worker took over a partition's live column: this one must write it no more."""
+
+
+class LiveLeases:
+    """The `LiveLease` of each source partition, read and changed by check-and-put."""
+
+    def __init__(self, connection: happybase.Connection) -> None:
+        self._client = connection.client
+        self._table = connection.table(Tables.LEASES.name).name  # with the table prefix
+
+    def read(self, partition: int) -> bytes | None:
+        cells = self._client.getVer(self._table, LiveLease.ROW, LiveLease.column(partition), 1, {})
+        return bytes(cells[0].value) if cells else None
+
+    def take(self, partition: int, now_ms: int) -> LiveLease:
+        """Become the partition's writer, one epoch above the last (none: epoch 1)."""
+        for _ in range(5):
+            current = self.read(partition)
+            lease = (
+                LiveLease.decode(current).taken_over(now_ms)
+                if current is not None
+                else LiveLease(1, now_ms)
+            )
+            if self._swap(partition, current, lease):
+                return lease
+        raise PartitionTakenOver(f"partition {partition}: the live lease keeps changing")
+
+    def claim(self, partition: int, lease: LiveLease, now_ms: int) -> LiveLease:
+        """The next write's timestamp, claimed in the lease; raises PartitionTakenOver when
+        the lease is no longer `lease`."""
+        for _ in range(2):
+            claimed = lease.claimed(now_ms)
+            if self._swap(partition, lease.encode(), claimed):
+                return claimed
+            current = self.read(partition)
+            if current is None or LiveLease.decode(current).epoch != lease.epoch:
+                break
+            # Our epoch still: only a claim of ours whose answer was lost changes it.
+            lease = LiveLease.decode(current)
+        raise PartitionTakenOver(
+            f"partition {partition}: its live column is written by another worker now "
+            f"(lease {current.decode() if current else 'gone'}, ours {lease.encode().decode()})"
+        )
+
+    def _swap(self, partition: int, expected: bytes | None, lease: LiveLease) -> bool:
+        column = LiveLease.column(partition)
+        put = Mutation(column=column, value=lease.encode())
+        return bool(self._client.checkAndPut(self._table, LiveLease.ROW, column, expected, put, {}))
 
 
 @dataclass(frozen=True)
@@ -97,14 +150,17 @@ class MetricStore:
         partition: int,
         counts: Mapping[MetricRow, int],
         accounts: Mapping[AccountRow, AccountCell] | None = None,
+        timestamp: int | None = None,
     ) -> int:
-        """Write one partition's absolute values; a count of 0 or an empty account cell
-        removes the cell. Returns the number of cells written or removed."""
+        """Write one partition's absolute values, at `timestamp` (ms) when given (a claim of
+        its `LiveLease`); a count of 0 or an empty account cell removes the cell (every
+        version up to the timestamp). Returns the number of cells written or removed."""
         column = live_column(partition)
         accounts = accounts or {}
         cells = 0
         for name, rows in self._by_table([*counts, *accounts]).items():
-            with self._tables[name].batch(batch_size=self.batch_size) as batch:
+            table = self._tables[name]
+            with table.batch(batch_size=self.batch_size, timestamp=timestamp) as batch:
                 for row in rows:
                     key = self.keys.encode(row)
                     if isinstance(row, AccountRow):

@@ -91,6 +91,15 @@ def test_counters_stay_exact_through_kills(run: SpeedRun) -> None:
     assert hourly == truth
 
 
+def wait_for_log(run: SpeedRun, name: str, pattern: str, count: int = 1) -> None:
+    path = run.workdir / f"{name}.log"
+    deadline = time.monotonic() + 120
+    while len(re.findall(pattern, path.read_text(errors="replace"))) < count:
+        run.check_workers()
+        assert time.monotonic() < deadline, f"{name} never logged {pattern!r} {count} times"
+        time.sleep(0.5)
+
+
 def test_two_workers_on_four_partitions_count_as_one(run: SpeedRun) -> None:
     events = history(seed=12)
     expected, gauges = expected_counters(events.envelopes)
@@ -99,15 +108,64 @@ def test_two_workers_on_four_partitions_count_as_one(run: SpeedRun) -> None:
     run.start_worker("worker-a")
     wait_until_consumed(run, 0.1 * EVENTS)
     run.start_worker("worker-b")  # a rebalance mid-stream: partitions move to worker-b
-    worker_b_log = run.workdir / "worker-b.log"
-    deadline = time.monotonic() + 120
-    while "rebuilt the counters of partition" not in worker_b_log.read_text():
-        run.check_workers()
-        assert time.monotonic() < deadline, "worker-b never took a partition"
-        time.sleep(0.5)
+    wait_for_log(run, "worker-b", "rebuilt the counters of partition")
     run.produce(events.envelopes[third:])  # the rest is counted by both workers
     verdict = run.wait_exact(expected, gauges, timeout_s=240)
     assert verdict.exact, verdict.summary()
+
+
+def test_a_paused_worker_is_fenced_when_it_wakes(stack: LocalStack, tmp_path: Path) -> None:
+    """A worker is frozen (SIGSTOP) mid-stream, past its session: the other takes its
+    partitions over and counts everything. Then it wakes with a batch and counters of its
+    own not yet written; neither reaches the changelog or HBase, and it stops."""
+    run = SpeedRun(
+        tmp_path,
+        flush_interval_s=0.5,
+        settings_env={"FEDILAKE_PROCESSOR_SESSION_TIMEOUT_S": "8"},
+    )
+    run.setup()
+    try:
+        events = history(seed=14)
+        expected, gauges = expected_counters(events.envelopes)
+        half = len(events.envelopes) // 2
+        run.produce(events.envelopes[:half])
+        run.start_worker("worker-a")
+        run.start_worker("worker-b")
+        wait_for_log(run, "worker-b", r"partition \d: writing its live column")
+        wait_for_log(run, "worker-a", r"partition \d: writing its live column")
+        wait_until_consumed(run, 0.3 * EVENTS)
+        run.pause_worker("worker-a")  # whatever it was doing, with whatever it had pending
+        run.produce(events.envelopes[half:])
+        # worker-b writes all four partitions: two of them after taking them over.
+        wait_for_log(run, "worker-b", r"partition \d: writing its live column", count=4)
+        verdict = run.wait_exact(expected, gauges, timeout_s=240)
+        assert verdict.exact, verdict.summary()
+
+        paused = run.resume_worker("worker-a")
+        try:
+            # It finds out at its next flush or commit, or when it asks the group again.
+            deadline = time.monotonic() + 60
+            while paused.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+            log = (run.workdir / "worker-a.log").read_text(errors="replace")
+            if paused.returncode is not None:
+                assert paused.returncode == 70, log[-3000:]
+                assert re.search(r"another worker|ProducerFenced", log), log[-3000:]
+                # Restarted on its own database, it takes two partitions back: what it sent
+                # while paused was aborted, so its replay does not bring it back.
+                rebuilt = len(re.findall("rebuilt the counters of partition", log))
+                run.start_worker("worker-a")
+                wait_for_log(run, "worker-a", "rebuilt the counters of partition", rebuilt + 1)
+            verdict = run.wait_exact(expected, gauges, timeout_s=120)
+            assert verdict.exact, verdict.summary()
+        finally:
+            if paused.poll() is None:
+                paused.terminate()
+                paused.wait(60)
+    finally:
+        run.stop_workers()
+        print(run.log_tails(25))
+        run.cleanup()
 
 
 def test_statuses_past_the_retention_fold_and_still_count(

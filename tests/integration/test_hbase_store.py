@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -21,7 +22,7 @@ from fedilake.contracts import (
 )
 from fedilake.settings import HBaseSettings
 from fedilake.stack.control import LocalStack
-from sinks.hbase import MetricStore, connect, init_tables
+from sinks.hbase import LiveLeases, MetricStore, PartitionTakenOver, connect, init_tables
 
 pytestmark = pytest.mark.integration
 
@@ -208,3 +209,61 @@ def test_an_account_is_one_cell_per_partition_and_bucket(stack: LocalStack) -> N
         assert read(Metric.FAVOURITES, Granularity.DAY, day) == {}
     finally:
         connection.close()
+
+
+def test_a_paused_owner_writing_late_is_fenced_by_the_next_owner(stack: LocalStack) -> None:
+    """A worker claims a write's timestamp, is paused past its session, the partition's
+    next owner takes it over and writes; then the paused worker's write lands (puts and
+    deletes). What the next owner wrote stands, and the paused one's next claim fails."""
+    tag = f"f{uuid.uuid4().hex[:8]}"
+    kept, emptied = (
+        MetricRow(Metric.HASHTAG, Granularity.ALL, "all", tag),
+        MetricRow(Metric.HASHTAG, Granularity.ALL, "all", tag + "x"),
+    )
+    partition = 100 + uuid.uuid4().int % 1000  # a lease no other test takes
+    connection = connect(HBaseSettings())
+    try:
+        store, leases = MetricStore(connection), LiveLeases(connection)
+        paused = leases.take(partition, now_ms=_now_ms())
+        paused = leases.claim(partition, paused, _now_ms())
+        store.write_live(partition, {kept: 4, emptied: 1}, timestamp=paused.claimed_ms)
+        late = leases.claim(partition, paused, _now_ms())  # ... and the pause comes here
+
+        # The next owner's clock may even run behind: its timestamps start above the claims.
+        taker = leases.take(partition, now_ms=late.claimed_ms - 60_000)
+        assert taker.epoch == paused.epoch + 1 and taker.claimed_ms > late.claimed_ms
+        taker = leases.claim(partition, taker, _now_ms() - 60_000)
+        store.write_live(partition, {kept: 6, emptied: 2}, timestamp=taker.claimed_ms)
+
+        store.write_live(partition, {kept: 5, emptied: 0}, timestamp=late.claimed_ms)  # lands late
+        values = {v.row: v.live for v in store.scan_bucket(Metric.HASHTAG, Granularity.ALL, "all")}
+        assert (values.get(kept), values.get(emptied)) == (6, 2)
+        with pytest.raises(PartitionTakenOver, match=f"partition {partition}: .*another worker"):
+            leases.claim(partition, late, _now_ms())
+
+        # The owner's own writes go on: a count that drops to 0 and comes back.
+        taker = leases.claim(partition, taker, _now_ms())
+        store.write_live(partition, {emptied: 0}, timestamp=taker.claimed_ms)
+        taker = leases.claim(partition, taker, taker.claimed_ms)  # the same millisecond
+        store.write_live(partition, {emptied: 3}, timestamp=taker.claimed_ms)
+        values = {v.row: v.live for v in store.scan_bucket(Metric.HASHTAG, Granularity.ALL, "all")}
+        assert (values.get(kept), values.get(emptied)) == (6, 3)
+    finally:
+        connection.close()
+
+
+def test_a_claim_whose_answer_was_lost_is_still_the_owners(stack: LocalStack) -> None:
+    partition = 2000 + uuid.uuid4().int % 1000
+    connection = connect(HBaseSettings())
+    try:
+        leases = LiveLeases(connection)
+        first = leases.take(partition, _now_ms())
+        leases.claim(partition, first, _now_ms())  # applied, but its answer never came back
+        again = leases.claim(partition, first, _now_ms())
+        assert again.epoch == first.epoch and again.claimed_ms > first.claimed_ms
+    finally:
+        connection.close()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

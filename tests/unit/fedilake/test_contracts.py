@@ -17,6 +17,7 @@ from fedilake.contracts import (
     EnvelopeError,
     EventKind,
     Granularity,
+    LiveLease,
     Metric,
     MetricRow,
     PartFile,
@@ -390,3 +391,21 @@ def test_compact_json_holds_no_more_memory_than_its_bytes() -> None:
     finally:
         tracemalloc.stop()
     assert held < 100 * (len(kept[0]) + 200)  # orjson's own buffers hold ~32 KB each
+
+
+def test_a_live_lease_claims_strictly_rising_timestamps_even_when_the_clock_stands_or_goes_back() -> (
+    None
+):
+    lease = LiveLease(3, 1_000)
+    assert lease.claimed(5_000) == LiveLease(3, 5_000)  # the clock, when ahead
+    assert lease.claimed(1_000) == LiveLease(3, 1_001)  # a delete masks a put of its timestamp
+    assert lease.claimed(400) == LiveLease(3, 1_001)  # a clock set back
+
+
+def test_the_next_owner_starts_one_epoch_up_above_every_claimed_timestamp() -> None:
+    lease = LiveLease(3, 9_000)  # an earlier owner claimed ahead of the new owner's clock
+    taken = lease.taken_over(8_000)
+    assert taken == LiveLease(4, 9_001)
+    assert taken.claimed(8_500).claimed_ms > lease.claimed_ms
+    assert LiveLease.decode(taken.encode()) == taken
+    assert LiveLease.column(7) == b"o:p7"
