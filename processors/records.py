@@ -212,7 +212,9 @@ class RecordTable:
                     )
                 batch = WriteBatch(raw_mode=True)
                 before = position
-                for records in consumer.poll(timeout_ms=1000).values():
+                # Short polls: a poll that meets only a transaction marker moves the position
+                # past it but returns nothing, and would wait out its whole timeout.
+                for records in consumer.poll(timeout_ms=100).values():
                     for record in records:
                         if record.value is None:
                             batch.delete(record.key)
