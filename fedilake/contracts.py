@@ -351,13 +351,15 @@ class Column:
 class LiveLease:
     """Who writes a source partition's live column, and the newest cell timestamp it claimed.
 
-    Kept in `Tables.LEASES` and changed only by check-and-put. A worker claims a timestamp
-    in the lease before each write of the partition's cells and writes them at it; a worker
-    taking the partition over starts one epoch up, above every timestamp claimed before.
-    A write of an earlier owner that lands late (a paused "zombie" worker) is therefore
-    older than every write of the new owner: HBase returns the newest (VERSIONS 1), and a
-    delete at a timestamp removes only what is older. The earlier owner's next claim fails,
-    and it learns that the partition is no longer its own.
+    Kept in `Tables.LEASES` and changed only by check-and-put. The epoch is the owner's
+    fence of the partition's changelog (Kafka's producer id and epoch for the partition's
+    transactional id), which rises with every new owner: leases are taken in the order
+    Kafka fenced the owners, whatever order they reach HBase in. A worker claims a
+    timestamp in the lease before each write of the partition's cells and writes them at
+    it; the next owner's lease starts above every timestamp claimed before. A write of an
+    earlier owner that lands late (a paused "zombie" worker) is therefore older than every
+    write of the new owner: HBase returns the newest (VERSIONS 1), and a delete at a
+    timestamp removes only what is older. The earlier owner's next claim fails.
     """
 
     epoch: int
@@ -369,9 +371,11 @@ class LiveLease:
     def column(partition: int) -> bytes:
         return f"o:p{partition}".encode()
 
-    def taken_over(self, now_ms: int) -> LiveLease:
-        """The lease of the next owner."""
-        return LiveLease(self.epoch + 1, max(now_ms, self.claimed_ms + 1))
+    def taken_by(self, epoch: int, now_ms: int) -> LiveLease:
+        """The lease of the next owner, whose fence is `epoch` (above this one's)."""
+        if epoch <= self.epoch:
+            raise ValueError(f"epoch {epoch} does not follow {self.epoch}")
+        return LiveLease(epoch, max(now_ms, self.claimed_ms + 1))
 
     def claimed(self, now_ms: int) -> LiveLease:
         """The lease after claiming the timestamp of one more write: the clock, but always

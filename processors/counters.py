@@ -119,7 +119,7 @@ class CounterWorker:
         self._connection: happybase.Connection | None = None
         self._store: MetricStore | None = None
         self._leases: LiveLeases | None = None
-        self.lease: dict[int, LiveLease] = {}  # of each partition this worker has written
+        self.lease: dict[int, LiveLease] = {}  # of each partition this worker writes
 
     # ------------------------------------------------------------------ events
 
@@ -206,9 +206,9 @@ class CounterWorker:
     async def on_revoked(self, revoked: Iterable[Any]) -> None:
         lost = {tp.partition for tp in revoked if tp.topic == self.source.name}
         # Written before the partitions go, so the next owner's rebuild is never older
-        # than what we write; then forgotten.
-        await self.flush()
-        async with self._open_lock:
+        # than what we write; then forgotten, with no flush in between.
+        async with self._flush_lock, self._open_lock:
+            await self._flush()
             for partition in lost:
                 self.live.drop(partition)
                 self.settled.pop(partition, None)
@@ -341,10 +341,11 @@ class CounterWorker:
             now_ms = time.time_ns() // 1_000_000
             lease = self.lease.get(partition)
             if lease is None:
-                lease = self.lease[partition] = leases.take(partition, now_ms)
-                log.info(
-                    "partition %d: writing its live column as epoch %d", partition, lease.epoch
-                )
+                epoch = self.records.fence_epoch(partition)
+                if epoch is None:  # closed meanwhile: its next owner writes it
+                    continue
+                lease = self.lease[partition] = leases.take(partition, epoch, now_ms)
+                log.info("partition %d: writing its live column (lease epoch %d)", partition, epoch)
             lease = self.lease[partition] = leases.claim(partition, lease, now_ms)
             cells += 1 + store.write_live(
                 partition, flush.counts, flush.accounts, timestamp=lease.claimed_ms
@@ -358,31 +359,35 @@ class CounterWorker:
 
     async def flush(self) -> None:
         async with self._flush_lock:
-            self._last_flush = time.monotonic()
-            flushes = {p: self.live.take(p) for p in list(self.live.partitions)}
-            flushes = {p: f for p, f in flushes.items() if len(f)}
-            if not flushes:
-                return
-            loop = asyncio.get_running_loop()
-            try:
-                cells = await loop.run_in_executor(None, self._write, flushes)
-            except PartitionTakenOver as exc:
-                # This worker was paused or cut off past its session: the partition is
-                # another's, and so may the others be. Stop as a crash does; restarted, it
-                # joins the group again and rebuilds what it is given.
-                _stop_now("writing the live counters", exc)
-            except Exception as exc:  # noqa: BLE001 - raising here would stop the whole worker
-                for partition, flush in flushes.items():
-                    self.live.give_back(partition, flush)  # absolute values: safe to write again
-                self._close()
-                log.warning("HBase flush failed, retrying next tick: %s", exc)
-                return
-            self.stats.cells += cells
-            self.stats.flushes += 1
-            for partition, written in flushes.items():
-                self.live.forget_closed(partition, written)
-                self.records.set_flushed_watermark(partition, written.watermark_ms)
-            log.debug("flushed %d live counter cells to HBase", cells)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """`flush`, under the flush lock."""
+        self._last_flush = time.monotonic()
+        flushes = {p: self.live.take(p) for p in list(self.live.partitions)}
+        flushes = {p: f for p, f in flushes.items() if len(f)}
+        if not flushes:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            cells = await loop.run_in_executor(None, self._write, flushes)
+        except PartitionTakenOver as exc:
+            # This worker was paused or cut off past its session: the partition is
+            # another's, and so may the others be. Stop as a crash does; restarted, it
+            # joins the group again and rebuilds what it is given.
+            _stop_now("writing the live counters", exc)
+        except Exception as exc:  # noqa: BLE001 - raising here would stop the whole worker
+            for partition, flush in flushes.items():
+                self.live.give_back(partition, flush)  # absolute values: safe to write again
+            self._close()
+            log.warning("HBase flush failed, retrying next tick: %s", exc)
+            return
+        self.stats.cells += cells
+        self.stats.flushes += 1
+        for partition, written in flushes.items():
+            self.live.forget_closed(partition, written)
+            self.records.set_flushed_watermark(partition, written.watermark_ms)
+        log.debug("flushed %d live counter cells to HBase", cells)
 
     def _close(self) -> None:
         if self._connection is not None:

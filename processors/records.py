@@ -133,9 +133,9 @@ class RecordTable:
             max_batch_size=1024 * 1024,
         )
         try:
-            await producer.start()
-            # Waits for the producer id, which is the fence.
-            await asyncio.wait_for(producer.begin_transaction(), REPLAY_STALL_S)
+            # Starting asks for the producer id, which is the fence (aiokafka retries it
+            # for as long as the transaction coordinator is unavailable).
+            await asyncio.wait_for(_started_in_transaction(producer), REPLAY_STALL_S)
         except TimeoutError:
             await producer.stop()
             raise RecordsUnavailable(
@@ -238,6 +238,15 @@ class RecordTable:
         )
         return replayed
 
+    def fence_epoch(self, partition: int) -> int | None:
+        """Where this worker's fence of the partition stands among its owners' (None: not
+        fenced, or fenced out): Kafka's producer id and epoch, which rise with every owner."""
+        producer = self._producers.get(partition)
+        if producer is None:
+            return None
+        txn = producer._txn_manager  # aiokafka 0.14 (pinned) keeps them there only
+        return int(txn.producer_id) << 16 | int(txn.producer_epoch)
+
     async def close(self, partition: int) -> None:
         db = self._dbs.pop(partition, None)
         self._pending.pop(partition, None)
@@ -330,10 +339,15 @@ class RecordTable:
                 "next owner)"
             )
         waiting = []
+        appended = []
         try:
             for batch, members in _chunks(changes, producer):
                 future = await producer.send_batch(batch, self.changelog, partition=partition)
                 waiting.append((future, members))
+            # Every batch appended before the commit: a batch that fails fails only its own
+            # future, and the commit would take the others without it.
+            for future, members in waiting:
+                appended.append((await future, members))
             await producer.commit_transaction()
             await producer.begin_transaction()  # ready for the next, as `fence` leaves it
         except BaseException:
@@ -343,8 +357,7 @@ class RecordTable:
             await self._abort(partition, producer)
             raise
         writes = WriteBatch(raw_mode=True)
-        for future, members in waiting:
-            metadata = await future  # committed, hence appended
+        for metadata, members in appended:
             for key, value in members.items():
                 if value is None:
                     writes.delete(key)
@@ -368,6 +381,11 @@ class RecordTable:
 
     async def stop(self) -> None:
         await self.close_all()
+
+
+async def _started_in_transaction(producer: AIOKafkaProducer) -> None:
+    await producer.start()
+    await producer.begin_transaction()
 
 
 def _mark_written(writes: WriteBatch, changelog_offset: int) -> None:

@@ -68,15 +68,23 @@ class LiveLeases:
         cells = self._client.getVer(self._table, LiveLease.ROW, LiveLease.column(partition), 1, {})
         return bytes(cells[0].value) if cells else None
 
-    def take(self, partition: int, now_ms: int) -> LiveLease:
-        """Become the partition's writer, one epoch above the last (none: epoch 1)."""
+    def take(self, partition: int, epoch: int, now_ms: int) -> LiveLease:
+        """Become the partition's writer as the owner fenced at `epoch`; raises
+        PartitionTakenOver when an owner fenced later has the lease."""
         for _ in range(5):
             current = self.read(partition)
-            lease = (
-                LiveLease.decode(current).taken_over(now_ms)
-                if current is not None
-                else LiveLease(1, now_ms)
-            )
+            if current is None:
+                lease = LiveLease(epoch, now_ms)
+            else:
+                held = LiveLease.decode(current)
+                if held.epoch == epoch:
+                    return held  # ours already: a take whose answer was lost
+                if held.epoch > epoch:
+                    raise PartitionTakenOver(
+                        f"partition {partition}: its live column is written by an owner "
+                        f"fenced after this worker (lease epoch {held.epoch}, ours {epoch})"
+                    )
+                lease = held.taken_by(epoch, now_ms)
             if self._swap(partition, current, lease):
                 return lease
         raise PartitionTakenOver(f"partition {partition}: the live lease keeps changing")

@@ -213,8 +213,9 @@ def test_an_account_is_one_cell_per_partition_and_bucket(stack: LocalStack) -> N
 
 def test_a_paused_owner_writing_late_is_fenced_by_the_next_owner(stack: LocalStack) -> None:
     """A worker claims a write's timestamp, is paused past its session, the partition's
-    next owner takes it over and writes; then the paused worker's write lands (puts and
-    deletes). What the next owner wrote stands, and the paused one's next claim fails."""
+    next owner (fenced later, so a higher epoch) takes it over and writes; then the paused
+    worker's write lands (puts and deletes). What the next owner wrote stands, and the
+    paused one's next claim fails, as does a take by an owner fenced before the lease's."""
     tag = f"f{uuid.uuid4().hex[:8]}"
     kept, emptied = (
         MetricRow(Metric.HASHTAG, Granularity.ALL, "all", tag),
@@ -224,14 +225,14 @@ def test_a_paused_owner_writing_late_is_fenced_by_the_next_owner(stack: LocalSta
     connection = connect(HBaseSettings())
     try:
         store, leases = MetricStore(connection), LiveLeases(connection)
-        paused = leases.take(partition, now_ms=_now_ms())
+        paused = leases.take(partition, epoch=5 << 16, now_ms=_now_ms())
         paused = leases.claim(partition, paused, _now_ms())
         store.write_live(partition, {kept: 4, emptied: 1}, timestamp=paused.claimed_ms)
         late = leases.claim(partition, paused, _now_ms())  # ... and the pause comes here
 
         # The next owner's clock may even run behind: its timestamps start above the claims.
-        taker = leases.take(partition, now_ms=late.claimed_ms - 60_000)
-        assert taker.epoch == paused.epoch + 1 and taker.claimed_ms > late.claimed_ms
+        taker = leases.take(partition, epoch=5 << 16 | 1, now_ms=late.claimed_ms - 60_000)
+        assert taker.claimed_ms > late.claimed_ms
         taker = leases.claim(partition, taker, _now_ms() - 60_000)
         store.write_live(partition, {kept: 6, emptied: 2}, timestamp=taker.claimed_ms)
 
@@ -240,6 +241,9 @@ def test_a_paused_owner_writing_late_is_fenced_by_the_next_owner(stack: LocalSta
         assert (values.get(kept), values.get(emptied)) == (6, 2)
         with pytest.raises(PartitionTakenOver, match=f"partition {partition}: .*another worker"):
             leases.claim(partition, late, _now_ms())
+        with pytest.raises(PartitionTakenOver, match="fenced after this worker"):
+            leases.take(partition, epoch=5 << 16, now_ms=_now_ms())  # it had lost the lease
+        assert leases.take(partition, epoch=5 << 16 | 1, now_ms=0) == taker  # the owner's: kept
 
         # The owner's own writes go on: a count that drops to 0 and comes back.
         taker = leases.claim(partition, taker, _now_ms())
@@ -257,7 +261,7 @@ def test_a_claim_whose_answer_was_lost_is_still_the_owners(stack: LocalStack) ->
     connection = connect(HBaseSettings())
     try:
         leases = LiveLeases(connection)
-        first = leases.take(partition, _now_ms())
+        first = leases.take(partition, 1, _now_ms())
         leases.claim(partition, first, _now_ms())  # applied, but its answer never came back
         again = leases.claim(partition, first, _now_ms())
         assert again.epoch == first.epoch and again.claimed_ms > first.claimed_ms

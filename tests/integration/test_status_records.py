@@ -154,6 +154,8 @@ def test_a_paused_owner_cannot_write_the_changelog_once_the_partition_is_reopene
         taker = RecordTable(tmp_path / "taker", changelog, kafka)
         await taker.open(0)  # the fence: the paused worker's transaction is aborted
         resume.set()
+        # The order Kafka fenced them in, which orders their HBase leases too.
+        assert (taker.fence_epoch(0) or 0) > (paused.fence_epoch(0) or 0) > 0
         assert taker.get(0, uri) == b"[1,1]"
         taker.put(0, uri, b"[1,3]")
         await taker.commit()
@@ -163,6 +165,7 @@ def test_a_paused_owner_cannot_write_the_changelog_once_the_partition_is_reopene
         paused.put(0, uri, b"[1,4]")  # and anything after
         with pytest.raises(RuntimeError, match="fenced by its next owner"):
             await paused.commit()
+        assert paused.fence_epoch(0) is None
         await paused.close_all()
         await taker.close_all()
 

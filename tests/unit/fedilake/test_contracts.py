@@ -402,10 +402,12 @@ def test_a_live_lease_claims_strictly_rising_timestamps_even_when_the_clock_stan
     assert lease.claimed(400) == LiveLease(3, 1_001)  # a clock set back
 
 
-def test_the_next_owner_starts_one_epoch_up_above_every_claimed_timestamp() -> None:
+def test_the_next_owner_starts_above_every_claimed_timestamp() -> None:
     lease = LiveLease(3, 9_000)  # an earlier owner claimed ahead of the new owner's clock
-    taken = lease.taken_over(8_000)
-    assert taken == LiveLease(4, 9_001)
+    taken = lease.taken_by(7, 8_000)  # fenced later: a higher epoch, not necessarily the next
+    assert taken == LiveLease(7, 9_001)
     assert taken.claimed(8_500).claimed_ms > lease.claimed_ms
     assert LiveLease.decode(taken.encode()) == taken
     assert LiveLease.column(7) == b"o:p7"
+    with pytest.raises(ValueError, match="does not follow"):
+        lease.taken_by(3, 10_000)  # an owner fenced no later cannot take it over
