@@ -351,17 +351,22 @@ class Column:
 class LiveLease:
     """Who writes a source partition's live column, and the newest cell timestamp it claimed.
 
-    Kept in `Tables.LEASES` and changed only by check-and-put. The epoch is the owner's
-    fence of the partition's changelog (Kafka's producer id and epoch for the partition's
-    transactional id), which rises with every new owner: leases are taken in the order
-    Kafka fenced the owners, whatever order they reach HBase in. A worker claims a
-    timestamp in the lease before each write of the partition's cells and writes them at
-    it; the next owner's lease starts above every timestamp claimed before. A write of an
-    earlier owner that lands late (a paused "zombie" worker) is therefore older than every
-    write of the new owner: HBase returns the newest (VERSIONS 1), and a delete at a
-    timestamp removes only what is older. The earlier owner's next claim fails.
+    Kept in `Tables.LEASES` and changed only by check-and-put. The owner is named by its
+    fence of the partition's changelog: Kafka's producer id and epoch for the partition's
+    transactional id. The epoch rises with every new owner, so under one producer id
+    leases are taken in the order Kafka fenced the owners, whatever order they reach
+    HBase in. A new producer id (Kafka reset, the id expired, the epochs ran out) cannot
+    be ordered: its owner first proves in Kafka that its fence still stands.
+
+    A worker claims a timestamp in the lease before each write of the partition's cells
+    and writes them at it; the next owner's lease starts above every timestamp claimed
+    before. A write of an earlier owner that lands late (a paused "zombie" worker) is
+    therefore older than every write of the new owner: HBase returns the newest
+    (VERSIONS 1), and a delete at a timestamp removes only what is older. The earlier
+    owner's next claim fails.
     """
 
+    producer_id: int
     epoch: int
     claimed_ms: int
 
@@ -371,24 +376,34 @@ class LiveLease:
     def column(partition: int) -> bytes:
         return f"o:p{partition}".encode()
 
-    def taken_by(self, epoch: int, now_ms: int) -> LiveLease:
-        """The lease of the next owner, whose fence is `epoch` (above this one's)."""
-        if epoch <= self.epoch:
-            raise ValueError(f"epoch {epoch} does not follow {self.epoch}")
-        return LiveLease(epoch, max(now_ms, self.claimed_ms + 1))
+    def held_by(self, producer_id: int, epoch: int) -> bool:
+        return (self.producer_id, self.epoch) == (producer_id, epoch)
+
+    def fenced_after(self, producer_id: int, epoch: int) -> bool | None:
+        """Whether this lease's owner was fenced after the one named (None: no telling)."""
+        if producer_id != self.producer_id:
+            return None
+        return self.epoch > epoch
+
+    def taken_by(self, producer_id: int, epoch: int, now_ms: int) -> LiveLease:
+        """The lease of the next owner, above every timestamp claimed before."""
+        return LiveLease(producer_id, epoch, max(now_ms, self.claimed_ms + 1))
 
     def claimed(self, now_ms: int) -> LiveLease:
         """The lease after claiming the timestamp of one more write: the clock, but always
         above the last one claimed (a delete masks a put of its own timestamp)."""
-        return LiveLease(self.epoch, max(now_ms, self.claimed_ms + 1))
+        return LiveLease(self.producer_id, self.epoch, max(now_ms, self.claimed_ms + 1))
 
     def encode(self) -> bytes:
-        return f"{self.epoch}:{self.claimed_ms}".encode()
+        return f"{self.producer_id}:{self.epoch}:{self.claimed_ms}".encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> LiveLease:
-        epoch, claimed = raw.split(b":")
-        return cls(int(epoch), int(claimed))
+        *owner, claimed = (int(part) for part in raw.split(b":"))
+        if len(owner) == 1:  # written by a development version: no producer id
+            return cls(-1, owner[0], claimed)
+        producer_id, epoch = owner
+        return cls(producer_id, epoch, claimed)
 
 
 ROW_SEPARATOR = "\x00"

@@ -36,6 +36,7 @@ from typing import Any, NoReturn
 
 import faust
 import happybase
+from aiokafka.errors import KafkaError, ProducerFenced
 
 from fedilake.contracts import (
     Envelope,
@@ -48,7 +49,14 @@ from fedilake.contracts import (
     Topics,
 )
 from fedilake.settings import HBaseSettings, KafkaSettings, ProcessorSettings
-from sinks.hbase import LiveLeases, MetricStore, PartitionTakenOver, connect, init_tables
+from sinks.hbase import (
+    LeaseUnordered,
+    LiveLeases,
+    MetricStore,
+    PartitionTakenOver,
+    connect,
+    init_tables,
+)
 
 from .live import Flush, FlushPolicy, LiveCounters
 from .records import RecordTable, ensure_changelog
@@ -66,6 +74,15 @@ FOLD_STEPS_PER_CALL = 8  # then the locks are let go: for a batch, a rebalance, 
 
 def changelog_topic(settings: ProcessorSettings) -> str:
     return f"{settings.app_id}-status-records-changelog"
+
+
+@dataclass
+class Written:
+    """What one flush wrote to HBase."""
+
+    cells: int = 0
+    partitions: set[int] = field(default_factory=set)
+    unordered: set[int] = field(default_factory=set)  # their lease's owner: no telling
 
 
 @dataclass
@@ -120,6 +137,7 @@ class CounterWorker:
         self._store: MetricStore | None = None
         self._leases: LiveLeases | None = None
         self.lease: dict[int, LiveLease] = {}  # of each partition this worker writes
+        self._confirmed: set[int] = set()  # fence seen to stand since their lease was read
 
     # ------------------------------------------------------------------ events
 
@@ -208,12 +226,13 @@ class CounterWorker:
         # Written before the partitions go, so the next owner's rebuild is never older
         # than what we write; then forgotten, with no flush in between.
         async with self._flush_lock, self._open_lock:
-            await self._flush()
+            await self._flush(confirm=False)  # going anyway; and a proof takes `_counting`
             for partition in lost:
                 self.live.drop(partition)
                 self.settled.pop(partition, None)
                 self._folding.pop(partition, None)
                 self.lease.pop(partition, None)  # if it comes back: a new epoch
+                self._confirmed.discard(partition)
                 await self.records.close(partition)
 
     async def fold_old_statuses(self) -> None:
@@ -332,25 +351,55 @@ class CounterWorker:
             self._leases = LiveLeases(self._connection)
         return self._store, self._leases
 
-    def _write(self, flushes: dict[int, Flush]) -> int:
+    def _write(self, flushes: dict[int, Flush]) -> Written:
         """Each partition's cells at a timestamp claimed in its lease (blocking: run in an
-        executor thread, under the flush lock). Returns the cells written, leases included."""
+        executor thread, under the flush lock). Cells counted include the leases'."""
         store, leases = self._metric_store()
-        cells = 0
+        written = Written()
         for partition, flush in flushes.items():
             now_ms = time.time_ns() // 1_000_000
             lease = self.lease.get(partition)
             if lease is None:
-                epoch = self.records.fence_epoch(partition)
-                if epoch is None:  # closed meanwhile: its next owner writes it
+                fence = self.records.fence_of(partition)
+                if fence is None:  # closed meanwhile: its next owner writes it
                     continue
-                lease = self.lease[partition] = leases.take(partition, epoch, now_ms)
-                log.info("partition %d: writing its live column (lease epoch %d)", partition, epoch)
+                confirmed = partition in self._confirmed
+                try:
+                    lease = leases.take(partition, fence, now_ms, confirmed=confirmed)
+                except LeaseUnordered:
+                    written.unordered.add(partition)
+                    continue
+                self.lease[partition] = lease
+                self._confirmed.discard(partition)
+                log.info(
+                    "partition %d: writing its live column (producer %d, epoch %d)",
+                    partition,
+                    *fence,
+                )
             lease = self.lease[partition] = leases.claim(partition, lease, now_ms)
-            cells += 1 + store.write_live(
+            written.cells += 1 + store.write_live(
                 partition, flush.counts, flush.accounts, timestamp=lease.claimed_ms
             )
-        return cells
+            written.partitions.add(partition)
+        return written
+
+    async def _confirm_fence(self, partition: int) -> None:
+        """Prove in Kafka that this worker's changelog fence of the partition still stands,
+        so that it may take over a lease it cannot order its fence against."""
+        try:
+            async with self._counting:  # one changelog transaction of a partition at a time
+                await self.records.confirm_fence(partition)
+        except (ProducerFenced, RuntimeError) as exc:
+            _stop_now("proving the changelog fence", exc)
+        except KafkaError as exc:
+            log.warning("partition %d: could not prove the changelog fence yet: %r", partition, exc)
+            return
+        self._confirmed.add(partition)
+        log.info(
+            "partition %d: the live lease names another producer id (Kafka reset, or the id "
+            "expired); our changelog fence stands, so the lease is ours",
+            partition,
+        )
 
     async def flush_if_due(self) -> None:
         elapsed = time.monotonic() - self._last_flush
@@ -361,8 +410,8 @@ class CounterWorker:
         async with self._flush_lock:
             await self._flush()
 
-    async def _flush(self) -> None:
-        """`flush`, under the flush lock."""
+    async def _flush(self, confirm: bool = True) -> None:
+        """`flush`, under the flush lock; `confirm`: prove the fences a lease asks for."""
         self._last_flush = time.monotonic()
         flushes = {p: self.live.take(p) for p in list(self.live.partitions)}
         flushes = {p: f for p, f in flushes.items() if len(f)}
@@ -370,7 +419,7 @@ class CounterWorker:
             return
         loop = asyncio.get_running_loop()
         try:
-            cells = await loop.run_in_executor(None, self._write, flushes)
+            written = await loop.run_in_executor(None, self._write, flushes)
         except PartitionTakenOver as exc:
             # This worker was paused or cut off past its session: the partition is
             # another's, and so may the others be. Stop as a crash does; restarted, it
@@ -382,12 +431,17 @@ class CounterWorker:
             self._close()
             log.warning("HBase flush failed, retrying next tick: %s", exc)
             return
-        self.stats.cells += cells
+        self.stats.cells += written.cells
         self.stats.flushes += 1
-        for partition, written in flushes.items():
-            self.live.forget_closed(partition, written)
-            self.records.set_flushed_watermark(partition, written.watermark_ms)
-        log.debug("flushed %d live counter cells to HBase", cells)
+        for partition, flush in flushes.items():
+            if partition in written.partitions:
+                self.live.forget_closed(partition, flush)
+                self.records.set_flushed_watermark(partition, flush.watermark_ms)
+            else:
+                self.live.give_back(partition, flush)  # written once its lease is settled
+        for partition in sorted(written.unordered) if confirm else ():
+            await self._confirm_fence(partition)
+        log.debug("flushed %d live counter cells to HBase", written.cells)
 
     def _close(self) -> None:
         if self._connection is not None:

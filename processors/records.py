@@ -47,6 +47,8 @@ OWN_KEY_START = b"\x00"
 OFFSET_KEY = b"\x00fedilake:changelog-offset"
 FLUSHED_WATERMARK_KEY = b"\x00fedilake:flushed-watermark"
 WRITTEN_AT_KEY = b"\x00fedilake:written-at"
+# In the changelog too: the last owner to prove its fence stood (see `confirm_fence`).
+OWNER_KEY = b"\x00fedilake:owner"
 
 # A changelog created here keeps a deleted record's tombstone this long (one created by
 # an earlier version has Kafka's default, a day). A database not brought up to date for
@@ -101,6 +103,7 @@ class RecordTable:
         self._dbs: dict[int, Rdict] = {}
         self._pending: dict[int, dict[bytes, bytes]] = {}
         self._producers: dict[int, AIOKafkaProducer] = {}  # in a transaction, ready to write
+        self._fences: dict[int, tuple[int, int]] = {}  # their (producer id, epoch)
 
     # ------------------------------------------------------------------ ownership
 
@@ -145,7 +148,13 @@ class RecordTable:
         except BaseException:
             await producer.stop()
             raise
+        txn = producer._txn_manager  # where aiokafka 0.14 (pinned) keeps the id and epoch
+        fence = (int(txn.producer_id), int(txn.producer_epoch))
+        if min(fence) < 0:
+            await producer.stop()
+            raise RecordsUnavailable(f"partition {partition}: no producer id from Kafka")
         self._producers[partition] = producer
+        self._fences[partition] = fence
 
     def recover(self, partition: int) -> Rdict:
         """The partition's database, brought up to date from the changelog (blocking: run it
@@ -238,14 +247,21 @@ class RecordTable:
         )
         return replayed
 
-    def fence_epoch(self, partition: int) -> int | None:
-        """Where this worker's fence of the partition stands among its owners' (None: not
-        fenced, or fenced out): Kafka's producer id and epoch, which rise with every owner."""
-        producer = self._producers.get(partition)
-        if producer is None:
-            return None
-        txn = producer._txn_manager  # aiokafka 0.14 (pinned) keeps them there only
-        return int(txn.producer_id) << 16 | int(txn.producer_epoch)
+    def fence_of(self, partition: int) -> tuple[int, int] | None:
+        """This worker's fence of the partition's changelog, (producer id, epoch); None when
+        it has none (not open, or fenced out). Under one producer id, the epoch rises with
+        every owner."""
+        return self._fences.get(partition)
+
+    async def confirm_fence(self, partition: int) -> None:
+        """Prove that our fence still stands: a transaction Kafka commits only for the
+        partition's newest owner (raises otherwise)."""
+        fence = self._fences.get(partition)
+        if fence is None:
+            raise RuntimeError(
+                f"partition {partition}: no changelog fence (fenced by its next owner?)"
+            )
+        await self._write(partition, {OWNER_KEY: f"{fence[0]}:{fence[1]}".encode()})
 
     async def close(self, partition: int) -> None:
         db = self._dbs.pop(partition, None)
@@ -260,6 +276,7 @@ class RecordTable:
             await self.close(partition)
 
     async def _stop_producer(self, partition: int) -> None:
+        self._fences.pop(partition, None)
         producer = self._producers.pop(partition, None)
         if producer is not None:
             await producer.stop()  # its open transaction holds nothing yet

@@ -57,6 +57,17 @@ class PartitionTakenOver(RuntimeError):
     """Another worker took over a partition's live column: this one must write it no more."""
 
 
+class LeaseUnordered(RuntimeError):
+    """The partition's lease names an owner under another producer id: whether it was fenced
+    before or after this worker cannot be told from the lease."""
+
+    def __init__(self, partition: int, held: LiveLease) -> None:
+        super().__init__(
+            f"partition {partition}: the live lease names producer {held.producer_id}, not ours"
+        )
+        self.partition = partition
+
+
 class LiveLeases:
     """The `LiveLease` of each source partition, read and changed by check-and-put."""
 
@@ -68,23 +79,31 @@ class LiveLeases:
         cells = self._client.getVer(self._table, LiveLease.ROW, LiveLease.column(partition), 1, {})
         return bytes(cells[0].value) if cells else None
 
-    def take(self, partition: int, epoch: int, now_ms: int) -> LiveLease:
-        """Become the partition's writer as the owner fenced at `epoch`; raises
-        PartitionTakenOver when an owner fenced later has the lease."""
+    def take(
+        self, partition: int, fence: tuple[int, int], now_ms: int, *, confirmed: bool = False
+    ) -> LiveLease:
+        """Become the partition's writer as the owner whose changelog fence is `fence`
+        (producer id, epoch). Raises PartitionTakenOver when an owner fenced later holds
+        the lease, and LeaseUnordered when its owner cannot be ordered against ours, unless
+        `confirmed`: our fence was seen to stand in Kafka after the lease was read."""
+        producer_id, epoch = fence
         for _ in range(5):
             current = self.read(partition)
             if current is None:
-                lease = LiveLease(epoch, now_ms)
+                lease = LiveLease(producer_id, epoch, now_ms)
             else:
                 held = LiveLease.decode(current)
-                if held.epoch == epoch:
+                if held.held_by(producer_id, epoch):
                     return held  # ours already: a take whose answer was lost
-                if held.epoch > epoch:
+                later = held.fenced_after(producer_id, epoch)
+                if later:
                     raise PartitionTakenOver(
                         f"partition {partition}: its live column is written by an owner "
-                        f"fenced after this worker (lease epoch {held.epoch}, ours {epoch})"
+                        f"fenced after this worker (epoch {held.epoch}, ours {epoch})"
                     )
-                lease = held.taken_by(epoch, now_ms)
+                if later is None and not confirmed:
+                    raise LeaseUnordered(partition, held)
+                lease = held.taken_by(producer_id, epoch, now_ms)
             if self._swap(partition, current, lease):
                 return lease
         raise PartitionTakenOver(f"partition {partition}: the live lease keeps changing")
@@ -97,7 +116,9 @@ class LiveLeases:
             if self._swap(partition, lease.encode(), claimed):
                 return claimed
             current = self.read(partition)
-            if current is None or LiveLease.decode(current).epoch != lease.epoch:
+            if current is None or not LiveLease.decode(current).held_by(
+                lease.producer_id, lease.epoch
+            ):
                 break
             # Our epoch still: only a claim of ours whose answer was lost changes it.
             lease = LiveLease.decode(current)

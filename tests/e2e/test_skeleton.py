@@ -18,7 +18,7 @@ import requests
 from hdfs import InsecureClient
 
 from fedilake.airflow_env import ensure_airflow_venv, run_dag_test
-from fedilake.contracts import Metric, Topics
+from fedilake.contracts import Metric, Topics, raw_day_dir
 from fedilake.pipeline import cli_processes
 from fedilake.settings import HBaseSettings, HdfsSettings
 from fedilake.stack.control import LocalStack
@@ -56,6 +56,19 @@ def lake_events(day: date) -> int:
     return LakeWriter(client, HdfsSettings().lake_root).count_events(Topics.EVENTS.name, day)
 
 
+def unused_day() -> date:
+    """A past day no other run has used, so every row of it comes from this test: none of
+    the lake's (other tests publish statuses of fixed days, which a sink lands); on or
+    after the DAG's start date, or Airflow schedules no task for it."""
+    client = InsecureClient(HdfsSettings().webhdfs_url, user=HdfsSettings().user)
+    root, first = HdfsSettings().lake_root, int(time.time() / 60)
+    for n in range(300):
+        day = date(2026, 1, 1) + timedelta(days=(first + n) % 300)
+        if client.status(raw_day_dir(Topics.EVENTS.name, day, root), strict=False) is None:
+            return day
+    raise AssertionError("every day of 2026's first 300 has lake data; drop /fedilake/raw")
+
+
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     with cli_processes(tmp_path) as start:
@@ -76,9 +89,7 @@ def free_port() -> int:
 def test_live_batch_and_ground_truth_agree(
     stack: LocalStack, daemons: Callable[..., Any], tmp_path: Path
 ) -> None:
-    # A past day no other run has used, so every row of it comes from this test; on or
-    # after the DAG's start date, or Airflow schedules no task for it.
-    day = date(2026, 1, 1) + timedelta(days=int(time.time() / 60) % 300)
+    day = unused_day()
     run_id = f"e2e{int(time.time())}"
     port = free_port()
     airflow_python = ensure_airflow_venv()

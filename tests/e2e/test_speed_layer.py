@@ -19,6 +19,7 @@ from fedilake.contracts import EventKind, Granularity, Metric
 from fedilake.speed_runs import SpeedRun, counted_metrics
 from fedilake.stack.control import LocalStack
 from processors.history import History, expected_counters, speed_history
+from sinks.hbase import LiveLeases, connect
 
 pytestmark = pytest.mark.e2e
 
@@ -230,3 +231,23 @@ def test_statuses_past_the_retention_fold_and_still_count(
 
 def _folded(log_path: Path) -> int:
     return sum(int(n) for n in re.findall(r"folded (\d+) statuses", log_path.read_text()))
+
+
+def test_leases_of_another_kafka_are_taken_over_once_the_fence_is_proven(run: SpeedRun) -> None:
+    """Kafka was reset (or a producer id expired): the leases name producer ids the new
+    fences cannot be ordered against. The worker proves its fence in Kafka, then writes."""
+    connection = connect(run.hbase)
+    try:
+        leases = LiveLeases(connection)
+        for partition in range(run.topic.partitions):
+            leases.take(partition, (10**9, 7), time.time_ns() // 1_000_000)
+    finally:
+        connection.close()
+    events = history(seed=15)
+    expected, gauges = expected_counters(events.envelopes[: EVENTS // 4])
+    run.produce(events.envelopes[: EVENTS // 4])
+    run.start_worker()
+    verdict = run.wait_exact(expected, gauges, timeout_s=120)
+    assert verdict.exact, verdict.summary()
+    log = (run.workdir / "worker.log").read_text(errors="replace")
+    assert len(re.findall(r"the live lease names another producer id", log)) == 4, log[-3000:]

@@ -22,7 +22,14 @@ from fedilake.contracts import (
 )
 from fedilake.settings import HBaseSettings
 from fedilake.stack.control import LocalStack
-from sinks.hbase import LiveLeases, MetricStore, PartitionTakenOver, connect, init_tables
+from sinks.hbase import (
+    LeaseUnordered,
+    LiveLeases,
+    MetricStore,
+    PartitionTakenOver,
+    connect,
+    init_tables,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -225,13 +232,13 @@ def test_a_paused_owner_writing_late_is_fenced_by_the_next_owner(stack: LocalSta
     connection = connect(HBaseSettings())
     try:
         store, leases = MetricStore(connection), LiveLeases(connection)
-        paused = leases.take(partition, epoch=5 << 16, now_ms=_now_ms())
+        paused = leases.take(partition, (77, 5), now_ms=_now_ms())
         paused = leases.claim(partition, paused, _now_ms())
         store.write_live(partition, {kept: 4, emptied: 1}, timestamp=paused.claimed_ms)
         late = leases.claim(partition, paused, _now_ms())  # ... and the pause comes here
 
         # The next owner's clock may even run behind: its timestamps start above the claims.
-        taker = leases.take(partition, epoch=5 << 16 | 1, now_ms=late.claimed_ms - 60_000)
+        taker = leases.take(partition, (77, 6), now_ms=late.claimed_ms - 60_000)
         assert taker.claimed_ms > late.claimed_ms
         taker = leases.claim(partition, taker, _now_ms() - 60_000)
         store.write_live(partition, {kept: 6, emptied: 2}, timestamp=taker.claimed_ms)
@@ -242,8 +249,8 @@ def test_a_paused_owner_writing_late_is_fenced_by_the_next_owner(stack: LocalSta
         with pytest.raises(PartitionTakenOver, match=f"partition {partition}: .*another worker"):
             leases.claim(partition, late, _now_ms())
         with pytest.raises(PartitionTakenOver, match="fenced after this worker"):
-            leases.take(partition, epoch=5 << 16, now_ms=_now_ms())  # it had lost the lease
-        assert leases.take(partition, epoch=5 << 16 | 1, now_ms=0) == taker  # the owner's: kept
+            leases.take(partition, (77, 5), now_ms=_now_ms())  # it had lost the lease
+        assert leases.take(partition, (77, 6), now_ms=0) == taker  # the owner's: kept
 
         # The owner's own writes go on: a count that drops to 0 and comes back.
         taker = leases.claim(partition, taker, _now_ms())
@@ -256,12 +263,32 @@ def test_a_paused_owner_writing_late_is_fenced_by_the_next_owner(stack: LocalSta
         connection.close()
 
 
+def test_a_lease_of_another_producer_id_is_taken_only_once_the_fence_is_proven(
+    stack: LocalStack,
+) -> None:
+    """After a Kafka reset (or an expired transactional id) the owners' producer ids differ
+    and their epochs say nothing of their order."""
+    partition = 3000 + uuid.uuid4().int % 1000
+    connection = connect(HBaseSettings())
+    try:
+        leases = LiveLeases(connection)
+        old = leases.take(partition, (900, 12), _now_ms())
+        with pytest.raises(LeaseUnordered, match=f"partition {partition}: .*producer 900"):
+            leases.take(partition, (3, 0), _now_ms())
+        new = leases.take(partition, (3, 0), _now_ms(), confirmed=True)
+        assert new.claimed_ms > old.claimed_ms
+        with pytest.raises(PartitionTakenOver):
+            leases.claim(partition, old, _now_ms())
+    finally:
+        connection.close()
+
+
 def test_a_claim_whose_answer_was_lost_is_still_the_owners(stack: LocalStack) -> None:
     partition = 2000 + uuid.uuid4().int % 1000
     connection = connect(HBaseSettings())
     try:
         leases = LiveLeases(connection)
-        first = leases.take(partition, 1, _now_ms())
+        first = leases.take(partition, (1, 0), _now_ms())
         leases.claim(partition, first, _now_ms())  # applied, but its answer never came back
         again = leases.claim(partition, first, _now_ms())
         assert again.epoch == first.epoch and again.claimed_ms > first.claimed_ms

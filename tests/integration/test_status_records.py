@@ -14,6 +14,7 @@ from aiokafka.errors import ProducerFenced
 from fedilake.settings import KafkaSettings
 from fedilake.stack.control import LocalStack
 from processors.records import (
+    OWNER_KEY,
     STALE_AFTER_S,
     WRITTEN_AT_KEY,
     RecordTable,
@@ -155,7 +156,11 @@ def test_a_paused_owner_cannot_write_the_changelog_once_the_partition_is_reopene
         await taker.open(0)  # the fence: the paused worker's transaction is aborted
         resume.set()
         # The order Kafka fenced them in, which orders their HBase leases too.
-        assert (taker.fence_epoch(0) or 0) > (paused.fence_epoch(0) or 0) > 0
+        paused_fence, taker_fence = paused.fence_of(0), taker.fence_of(0)
+        assert paused_fence is not None and taker_fence is not None
+        assert taker_fence[0] == paused_fence[0] and taker_fence[1] > paused_fence[1]
+        await taker.confirm_fence(0)  # the newest owner's fence stands
+        assert taker.get(0, OWNER_KEY) is not None and OWNER_KEY not in dict(taker.items(0))
         assert taker.get(0, uri) == b"[1,1]"
         taker.put(0, uri, b"[1,3]")
         await taker.commit()
@@ -165,7 +170,9 @@ def test_a_paused_owner_cannot_write_the_changelog_once_the_partition_is_reopene
         paused.put(0, uri, b"[1,4]")  # and anything after
         with pytest.raises(RuntimeError, match="fenced by its next owner"):
             await paused.commit()
-        assert paused.fence_epoch(0) is None
+        assert paused.fence_of(0) is None
+        with pytest.raises(RuntimeError, match="no changelog fence"):
+            await paused.confirm_fence(0)
         await paused.close_all()
         await taker.close_all()
 

@@ -393,21 +393,26 @@ def test_compact_json_holds_no_more_memory_than_its_bytes() -> None:
     assert held < 100 * (len(kept[0]) + 200)  # orjson's own buffers hold ~32 KB each
 
 
-def test_a_live_lease_claims_strictly_rising_timestamps_even_when_the_clock_stands_or_goes_back() -> (
-    None
-):
-    lease = LiveLease(3, 1_000)
-    assert lease.claimed(5_000) == LiveLease(3, 5_000)  # the clock, when ahead
-    assert lease.claimed(1_000) == LiveLease(3, 1_001)  # a delete masks a put of its timestamp
-    assert lease.claimed(400) == LiveLease(3, 1_001)  # a clock set back
+def test_a_live_lease_claims_rising_timestamps_whatever_the_clock_does() -> None:
+    lease = LiveLease(40, 3, 1_000)
+    assert lease.claimed(5_000) == LiveLease(40, 3, 5_000)  # the clock, when ahead
+    assert lease.claimed(1_000).claimed_ms == 1_001  # a delete masks a put of its timestamp
+    assert lease.claimed(400).claimed_ms == 1_001  # a clock set back
 
 
 def test_the_next_owner_starts_above_every_claimed_timestamp() -> None:
-    lease = LiveLease(3, 9_000)  # an earlier owner claimed ahead of the new owner's clock
-    taken = lease.taken_by(7, 8_000)  # fenced later: a higher epoch, not necessarily the next
-    assert taken == LiveLease(7, 9_001)
+    lease = LiveLease(40, 3, 9_000)  # an earlier owner claimed ahead of the new owner's clock
+    taken = lease.taken_by(40, 5, 8_000)
+    assert taken == LiveLease(40, 5, 9_001)
     assert taken.claimed(8_500).claimed_ms > lease.claimed_ms
     assert LiveLease.decode(taken.encode()) == taken
     assert LiveLease.column(7) == b"o:p7"
-    with pytest.raises(ValueError, match="does not follow"):
-        lease.taken_by(3, 10_000)  # an owner fenced no later cannot take it over
+
+
+def test_owners_are_ordered_by_their_fence_under_one_producer_id_only() -> None:
+    lease = LiveLease(40, 3, 9_000)
+    assert lease.held_by(40, 3) and not lease.held_by(41, 3)
+    assert lease.fenced_after(40, 2) is True  # an owner fenced before the lease's
+    assert lease.fenced_after(40, 4) is False  # the next owner
+    assert lease.fenced_after(7, 0) is None  # another producer id: no telling
+    assert LiveLease.decode(b"3:9000") == LiveLease(-1, 3, 9_000)  # a development version's
