@@ -50,7 +50,7 @@ from fedilake.contracts import (
 )
 from fedilake.settings import HBaseSettings, KafkaSettings, ProcessorSettings
 from sinks.hbase import (
-    LeaseUnordered,
+    LeaseHeldElsewhere,
     LiveLeases,
     MetricStore,
     PartitionTakenOver,
@@ -82,7 +82,7 @@ class Written:
 
     cells: int = 0
     partitions: set[int] = field(default_factory=set)
-    unordered: set[int] = field(default_factory=set)  # their lease's owner: no telling
+    unproven: dict[int, bytes] = field(default_factory=dict)  # the leases they wait for
 
 
 @dataclass
@@ -137,7 +137,7 @@ class CounterWorker:
         self._store: MetricStore | None = None
         self._leases: LiveLeases | None = None
         self.lease: dict[int, LiveLease] = {}  # of each partition this worker writes
-        self._confirmed: set[int] = set()  # fence seen to stand since their lease was read
+        self._proven: dict[int, bytes] = {}  # a lease read before our fence was seen to stand
 
     # ------------------------------------------------------------------ events
 
@@ -226,13 +226,13 @@ class CounterWorker:
         # Written before the partitions go, so the next owner's rebuild is never older
         # than what we write; then forgotten, with no flush in between.
         async with self._flush_lock, self._open_lock:
-            await self._flush(confirm=False)  # going anyway; and a proof takes `_counting`
+            await self._flush(prove=False)  # going anyway; and a proof takes `_counting`
             for partition in lost:
                 self.live.drop(partition)
                 self.settled.pop(partition, None)
                 self._folding.pop(partition, None)
                 self.lease.pop(partition, None)  # if it comes back: a new epoch
-                self._confirmed.discard(partition)
+                self._proven.pop(partition, None)
                 await self.records.close(partition)
 
     async def fold_old_statuses(self) -> None:
@@ -363,14 +363,14 @@ class CounterWorker:
                 fence = self.records.fence_of(partition)
                 if fence is None:  # closed meanwhile: its next owner writes it
                     continue
-                confirmed = partition in self._confirmed
+                proven = self._proven.get(partition)
                 try:
-                    lease = leases.take(partition, fence, now_ms, confirmed=confirmed)
-                except LeaseUnordered:
-                    written.unordered.add(partition)
+                    lease = leases.take(partition, fence, now_ms, proven=proven)
+                except LeaseHeldElsewhere as exc:
+                    written.unproven[partition] = exc.held
                     continue
                 self.lease[partition] = lease
-                self._confirmed.discard(partition)
+                self._proven.pop(partition, None)
                 log.info(
                     "partition %d: writing its live column (producer %d, epoch %d)",
                     partition,
@@ -383,22 +383,28 @@ class CounterWorker:
             written.partitions.add(partition)
         return written
 
-    async def _confirm_fence(self, partition: int) -> None:
-        """Prove in Kafka that this worker's changelog fence of the partition still stands,
-        so that it may take over a lease it cannot order its fence against."""
-        try:
-            async with self._counting:  # one changelog transaction of a partition at a time
+    async def _prove_fence(self, partition: int, held: bytes) -> None:
+        """Ask Kafka whether this worker's changelog fence of the partition still stands;
+        if it does, the lease `held` (read before) is not newer, and may be taken over. A
+        worker fenced out stops, as a crash does."""
+        async with self._counting:  # one changelog transaction of a partition at a time
+            if self.records.fence_of(partition) is None:
+                return  # closed meanwhile (revoked, or shutting down)
+            try:
                 await self.records.confirm_fence(partition)
-        except (ProducerFenced, RuntimeError) as exc:
-            _stop_now("proving the changelog fence", exc)
-        except KafkaError as exc:
-            log.warning("partition %d: could not prove the changelog fence yet: %r", partition, exc)
-            return
-        self._confirmed.add(partition)
+            except ProducerFenced as exc:
+                _stop_now("proving the changelog fence", exc)
+            except KafkaError as exc:
+                log.warning("partition %d: could not prove the changelog fence: %r", partition, exc)
+                return  # asked again at the next flush
+            except Exception as exc:  # noqa: BLE001 - the transaction is in a state unknown
+                _stop_now("proving the changelog fence", exc)
+        self._proven[partition] = held
         log.info(
-            "partition %d: the live lease names another producer id (Kafka reset, or the id "
-            "expired); our changelog fence stands, so the lease is ours",
+            "partition %d: the live lease (%s) names another fence; ours stands in Kafka, "
+            "so the lease is ours (a newer owner's fence would have refused ours)",
             partition,
+            held.decode(errors="replace"),
         )
 
     async def flush_if_due(self) -> None:
@@ -410,8 +416,8 @@ class CounterWorker:
         async with self._flush_lock:
             await self._flush()
 
-    async def _flush(self, confirm: bool = True) -> None:
-        """`flush`, under the flush lock; `confirm`: prove the fences a lease asks for."""
+    async def _flush(self, prove: bool = True) -> None:
+        """`flush`, under the flush lock; `prove`: ask Kafka about the fences leases doubt."""
         self._last_flush = time.monotonic()
         flushes = {p: self.live.take(p) for p in list(self.live.partitions)}
         flushes = {p: f for p, f in flushes.items() if len(f)}
@@ -439,8 +445,8 @@ class CounterWorker:
                 self.records.set_flushed_watermark(partition, flush.watermark_ms)
             else:
                 self.live.give_back(partition, flush)  # written once its lease is settled
-        for partition in sorted(written.unordered) if confirm else ():
-            await self._confirm_fence(partition)
+        for partition, held in sorted(written.unproven.items()) if prove else ():
+            await self._prove_fence(partition, held)
         log.debug("flushed %d live counter cells to HBase", written.cells)
 
     def _close(self) -> None:

@@ -57,15 +57,18 @@ class PartitionTakenOver(RuntimeError):
     """Another worker took over a partition's live column: this one must write it no more."""
 
 
-class LeaseUnordered(RuntimeError):
-    """The partition's lease names an owner under another producer id: whether it was fenced
-    before or after this worker cannot be told from the lease."""
+class LeaseHeldElsewhere(RuntimeError):
+    """The partition's lease names an owner this worker cannot tell to be older than itself:
+    a newer one, or one of another Kafka (a reset, an expired producer id). Only Kafka can
+    tell: `held` may be taken over once this worker's changelog fence is seen to stand."""
 
-    def __init__(self, partition: int, held: LiveLease) -> None:
+    def __init__(self, partition: int, held: bytes) -> None:
         super().__init__(
-            f"partition {partition}: the live lease names producer {held.producer_id}, not ours"
+            f"partition {partition}: the live lease is held by producer:epoch "
+            f"{held.decode(errors='replace').rsplit(':', 1)[0]}, not by this worker's fence"
         )
         self.partition = partition
+        self.held = held
 
 
 class LiveLeases:
@@ -80,12 +83,13 @@ class LiveLeases:
         return bytes(cells[0].value) if cells else None
 
     def take(
-        self, partition: int, fence: tuple[int, int], now_ms: int, *, confirmed: bool = False
+        self, partition: int, fence: tuple[int, int], now_ms: int, *, proven: bytes | None = None
     ) -> LiveLease:
         """Become the partition's writer as the owner whose changelog fence is `fence`
-        (producer id, epoch). Raises PartitionTakenOver when an owner fenced later holds
-        the lease, and LeaseUnordered when its owner cannot be ordered against ours, unless
-        `confirmed`: our fence was seen to stand in Kafka after the lease was read."""
+        (producer id, epoch). A lease that is free, or held by an owner fenced before ours
+        (same producer id, lower epoch), is taken at once. Any other raises
+        LeaseHeldElsewhere, unless it is `proven`: that very lease, read before this
+        worker's fence was seen to stand in Kafka (so its holder is not newer)."""
         producer_id, epoch = fence
         for _ in range(5):
             current = self.read(partition)
@@ -95,14 +99,8 @@ class LiveLeases:
                 held = LiveLease.decode(current)
                 if held.held_by(producer_id, epoch):
                     return held  # ours already: a take whose answer was lost
-                later = held.fenced_after(producer_id, epoch)
-                if later:
-                    raise PartitionTakenOver(
-                        f"partition {partition}: its live column is written by an owner "
-                        f"fenced after this worker (epoch {held.epoch}, ours {epoch})"
-                    )
-                if later is None and not confirmed:
-                    raise LeaseUnordered(partition, held)
+                if held.fenced_after(producer_id, epoch) is not False and current != proven:
+                    raise LeaseHeldElsewhere(partition, current)
                 lease = held.taken_by(producer_id, epoch, now_ms)
             if self._swap(partition, current, lease):
                 return lease

@@ -23,7 +23,7 @@ from fedilake.contracts import (
 from fedilake.settings import HBaseSettings
 from fedilake.stack.control import LocalStack
 from sinks.hbase import (
-    LeaseUnordered,
+    LeaseHeldElsewhere,
     LiveLeases,
     MetricStore,
     PartitionTakenOver,
@@ -248,7 +248,7 @@ def test_a_paused_owner_writing_late_is_fenced_by_the_next_owner(stack: LocalSta
         assert (values.get(kept), values.get(emptied)) == (6, 2)
         with pytest.raises(PartitionTakenOver, match=f"partition {partition}: .*another worker"):
             leases.claim(partition, late, _now_ms())
-        with pytest.raises(PartitionTakenOver, match="fenced after this worker"):
+        with pytest.raises(LeaseHeldElsewhere, match="held by producer:epoch 77:6"):
             leases.take(partition, (77, 5), now_ms=_now_ms())  # it had lost the lease
         assert leases.take(partition, (77, 6), now_ms=0) == taker  # the owner's: kept
 
@@ -263,19 +263,30 @@ def test_a_paused_owner_writing_late_is_fenced_by_the_next_owner(stack: LocalSta
         connection.close()
 
 
-def test_a_lease_of_another_producer_id_is_taken_only_once_the_fence_is_proven(
-    stack: LocalStack,
+@pytest.mark.parametrize(
+    "old_fence",
+    [(900, 12), (3, 9)],
+    ids=["another producer id", "the same id, an epoch above (Kafka reset)"],
+)
+def test_a_lease_not_known_older_is_taken_only_as_proven(
+    stack: LocalStack, old_fence: tuple[int, int]
 ) -> None:
-    """After a Kafka reset (or an expired transactional id) the owners' producer ids differ
-    and their epochs say nothing of their order."""
+    """After a Kafka reset (or an expired transactional id) the lease's fence says nothing
+    of its order against ours: it is taken over only as the lease read before our fence
+    was proven to stand in Kafka, never one changed since."""
     partition = 3000 + uuid.uuid4().int % 1000
     connection = connect(HBaseSettings())
     try:
         leases = LiveLeases(connection)
-        old = leases.take(partition, (900, 12), _now_ms())
-        with pytest.raises(LeaseUnordered, match=f"partition {partition}: .*producer 900"):
+        old = leases.take(partition, old_fence, _now_ms())
+        seen = leases.read(partition)
+        with pytest.raises(LeaseHeldElsewhere, match=f"partition {partition}: .*{old_fence[0]}"):
             leases.take(partition, (3, 0), _now_ms())
-        new = leases.take(partition, (3, 0), _now_ms(), confirmed=True)
+        leases.claim(partition, old, _now_ms())  # the lease changed after it was read
+        with pytest.raises(LeaseHeldElsewhere):
+            leases.take(partition, (3, 0), _now_ms(), proven=seen)
+        seen = leases.read(partition)
+        new = leases.take(partition, (3, 0), _now_ms(), proven=seen)
         assert new.claimed_ms > old.claimed_ms
         with pytest.raises(PartitionTakenOver):
             leases.claim(partition, old, _now_ms())

@@ -136,6 +136,7 @@ def test_a_paused_owner_cannot_write_the_changelog_once_the_partition_is_reopene
     async def race() -> None:
         paused = RecordTable(tmp_path / "paused", changelog, kafka)
         await paused.open(0)
+        paused_fence = paused.fence_of(0)
         paused.put(0, uri, b"[1,1]")
         await paused.commit()
         # The pause comes between sending the records and committing them.
@@ -152,11 +153,16 @@ def test_a_paused_owner_cannot_write_the_changelog_once_the_partition_is_reopene
         stalled = asyncio.ensure_future(paused.commit())
         await sent.wait()
 
+        overtaken = RecordTable(tmp_path / "overtaken", changelog, kafka)
+        await overtaken.open(0)  # a fence of its own, older than the next one
         taker = RecordTable(tmp_path / "taker", changelog, kafka)
         await taker.open(0)  # the fence: the paused worker's transaction is aborted
         resume.set()
+        with pytest.raises(ProducerFenced):  # Kafka tells a fenced owner, producer and all
+            await overtaken.confirm_fence(0)
+        await overtaken.close_all()
         # The order Kafka fenced them in, which orders their HBase leases too.
-        paused_fence, taker_fence = paused.fence_of(0), taker.fence_of(0)
+        taker_fence = taker.fence_of(0)
         assert paused_fence is not None and taker_fence is not None
         assert taker_fence[0] == paused_fence[0] and taker_fence[1] > paused_fence[1]
         await taker.confirm_fence(0)  # the newest owner's fence stands
