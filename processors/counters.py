@@ -129,6 +129,7 @@ class CounterWorker:
             settings.write_budget_cells_per_s,
         )
         self._last_flush = time.monotonic()
+        self._changed_since: float | None = None  # when the oldest change not written was counted
         self.stats = WorkerStats()
         self._flush_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
@@ -149,6 +150,7 @@ class CounterWorker:
             for event in events:
                 self.process(event.message.partition, event.value)
             await self.records.commit()
+            self._note_changes()
         await self.fold_old_statuses()
 
     def process(self, partition: int, raw: bytes) -> None:
@@ -210,6 +212,7 @@ class CounterWorker:
                         partition, records, self.records.flushed_watermark(partition), settled
                     )
                     self.settled[partition] = settled
+                    self._note_changes()  # a rebuild's rows are written whole
                 except BaseException:
                     await self.records.close(partition)  # opened only with its counters
                     self.live.drop(partition)
@@ -407,9 +410,24 @@ class CounterWorker:
             held.decode(errors="replace"),
         )
 
+    def _note_changes(self) -> None:
+        if self._changed_since is None and self.live.pending():
+            self._changed_since = time.monotonic()
+
+    def _given_back(self, changed: float | None) -> None:
+        """Changes a flush took are pending again: the oldest of them counts."""
+        if changed is not None and (self._changed_since is None or changed < self._changed_since):
+            self._changed_since = changed
+        self._note_changes()
+
     async def flush_if_due(self) -> None:
-        elapsed = time.monotonic() - self._last_flush
-        if self.policy.due(elapsed, self.live.pending(), self.live.pending_cells):
+        self._note_changes()  # whatever left changes pending, they are timed from now at worst
+        now = time.monotonic()
+        changed = self._changed_since
+        oldest = now - changed if changed is not None else None
+        if self.policy.due(
+            now - self._last_flush, oldest, self.live.pending(), self.live.pending_cells
+        ):
             await self.flush()
 
     async def flush(self) -> None:
@@ -419,6 +437,7 @@ class CounterWorker:
     async def _flush(self, prove: bool = True) -> None:
         """`flush`, under the flush lock; `prove`: ask Kafka about the fences leases doubt."""
         self._last_flush = time.monotonic()
+        changed, self._changed_since = self._changed_since, None
         flushes = {p: self.live.take(p) for p in list(self.live.partitions)}
         flushes = {p: f for p, f in flushes.items() if len(f)}
         if not flushes:
@@ -434,6 +453,7 @@ class CounterWorker:
         except Exception as exc:  # noqa: BLE001 - raising here would stop the whole worker
             for partition, flush in flushes.items():
                 self.live.give_back(partition, flush)  # absolute values: safe to write again
+            self._given_back(changed)
             self._close()
             log.warning("HBase flush failed, retrying next tick: %s", exc)
             return
@@ -445,6 +465,7 @@ class CounterWorker:
                 self.records.set_flushed_watermark(partition, flush.watermark_ms)
             else:
                 self.live.give_back(partition, flush)  # written once its lease is settled
+                self._given_back(changed)
         for partition, held in sorted(written.unproven.items()) if prove else ():
             await self._prove_fence(partition, held)
         log.debug("flushed %d live counter cells to HBase", written.cells)

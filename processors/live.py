@@ -294,12 +294,16 @@ class LiveCounters:
 
 @dataclass(frozen=True)
 class FlushPolicy:
-    """When to write: as soon as a flush keeps within the HBase write budget, never before
-    `min_interval_s` and never after `max_interval_s` since the last one.
+    """When to write: as soon as a flush keeps within the HBase write budget, never sooner
+    than `min_interval_s` after the last one, and never later than `max_interval_s` after
+    the oldest change it holds was counted.
 
     Under light traffic counters reach HBase about every `min_interval_s`; under heavy
     traffic changes gather for up to `max_interval_s`, so each cell written carries many
-    events and HBase's write load stays near the budget whatever the event rate.
+    events and HBase's write load stays near the budget whatever the event rate. Timed
+    from the oldest change, not from the last flush, a burst after a quiet spell gathers
+    for as long as any other (timed from the last flush, its first flush came at whatever
+    point of the interval the burst began, with a fraction of the events for its cells).
     """
 
     min_interval_s: float
@@ -307,11 +311,21 @@ class FlushPolicy:
     budget_cells_per_s: float  # 0: flush every max_interval_s
     tick_s: float = 0.25  # how often the worker asks
 
-    def due(self, elapsed_s: float, pending_rows: int, pending_cells: Callable[[], int]) -> bool:
-        """`pending_rows` bounds `pending_cells` from above, and costs nothing to count."""
-        if elapsed_s + self.tick_s / 2 >= self.max_interval_s:
-            return True  # a flush with nothing to write costs nothing
-        if elapsed_s < self.min_interval_s or not self.budget_cells_per_s:
+    def due(
+        self,
+        since_flush_s: float,
+        oldest_change_s: float | None,
+        pending_rows: int,
+        pending_cells: Callable[[], int],
+    ) -> bool:
+        """`oldest_change_s`: how long ago the oldest change not yet written was counted
+        (None: there is none). `pending_rows` bounds `pending_cells` from above, and costs
+        nothing to count."""
+        if oldest_change_s is None:
             return False
-        allowed = self.budget_cells_per_s * elapsed_s
+        if oldest_change_s + self.tick_s / 2 >= self.max_interval_s:
+            return True
+        if since_flush_s < self.min_interval_s or not self.budget_cells_per_s:
+            return False
+        allowed = self.budget_cells_per_s * oldest_change_s
         return pending_rows <= allowed or pending_cells() <= allowed

@@ -285,12 +285,27 @@ def test_an_anchor_with_an_empty_class_is_an_external_link() -> None:
 
 def test_the_flush_policy_goes_early_within_its_budget_and_late_beyond_it() -> None:
     policy = FlushPolicy(min_interval_s=0.5, max_interval_s=2.0, budget_cells_per_s=4000)
-    assert not policy.due(0.25, 1, lambda: 1)  # too soon, however little there is
-    assert policy.due(0.5, 1500, lambda: 1500)  # light traffic: 3,000 cells/s
-    assert policy.due(0.5, 4000, lambda: 1500)  # the counters of an account share a cell
-    assert not policy.due(1.0, 9000, lambda: 9000)  # heavy traffic: more events per cell
-    assert policy.due(1.9, 10**9, lambda: 10**9)  # never past the longest wait (half a tick)
-    assert not FlushPolicy(0.5, 2.0, budget_cells_per_s=0).due(1.5, 1, lambda: 1)
+    # (since the last flush, since the oldest change not written, rows, cells)
+    assert not policy.due(0.25, 0.25, 1, lambda: 1)  # too soon, however little there is
+    assert policy.due(0.5, 0.5, 1500, lambda: 1500)  # light traffic: 3,000 cells/s
+    assert policy.due(0.5, 0.5, 4000, lambda: 1500)  # the counters of an account share a cell
+    assert not policy.due(1.0, 1.0, 9000, lambda: 9000)  # heavy traffic: more events per cell
+    assert policy.due(1.9, 1.9, 10**9, lambda: 10**9)  # never past the longest wait (half a tick)
+    assert not FlushPolicy(0.5, 2.0, budget_cells_per_s=0).due(1.5, 1.5, 1, lambda: 1)
+    assert not policy.due(60.0, None, 0, lambda: 0)  # nothing to write
+
+
+def test_a_burst_after_a_quiet_spell_gathers_as_long_as_any_other() -> None:
+    """Timed from its first change, not from the last flush: minutes of quiet do not make
+    the burst's first flush come early, with a fraction of the events for its cells."""
+    policy = FlushPolicy(min_interval_s=0.5, max_interval_s=2.0, budget_cells_per_s=4000)
+    burst = 5000  # events/s, about a cell each
+    for oldest in (0.5, 1.0, 1.5):
+        cells = int(burst * oldest)
+        assert not policy.due(300.0, oldest, cells, lambda c=cells: c)
+    assert policy.due(300.0, 1.9, 9500, lambda: 9500)
+    # A lone change after the quiet spell goes at once: it is well within the budget.
+    assert policy.due(300.0, 0.01, 3, lambda: 3)
 
 
 def test_a_snapshot_without_a_creation_date_keeps_the_month_another_one_gave() -> None:
