@@ -4,7 +4,8 @@ One agent reads `fedilake.events` in batches. For each status, edit, delete or r
 it updates the status's `StatusRecord` (a `RecordTable`: RocksDB backed by a changelog
 topic) and applies the record's change to the partition's `LiveCounters`. A timer
 writes the changed counters to HBase when the `FlushPolicy` says (at most
-`flush_interval_s` after the last flush, sooner when the write budget allows): one cell
+`flush_interval_s` after the oldest change was counted, sooner when the write budget
+allows): one cell
 per changed counter (per changed account and bucket for the account metrics), whatever
 the number of events that changed it.
 
@@ -147,10 +148,11 @@ class CounterWorker:
         goes wrong here must stop the worker before they are (see `count_events`)."""
         async with self._counting:
             await self.open_partitions({event.message.partition for event in events})
+            counted = time.monotonic()
             for event in events:
                 self.process(event.message.partition, event.value)
             await self.records.commit()
-            self._note_changes()
+            self._note_changes(counted)
         await self.fold_old_statuses()
 
     def process(self, partition: int, raw: bytes) -> None:
@@ -410,9 +412,10 @@ class CounterWorker:
             held.decode(errors="replace"),
         )
 
-    def _note_changes(self) -> None:
+    def _note_changes(self, counted: float | None = None) -> None:
+        """Time pending changes from `counted` (default: now), unless older ones are."""
         if self._changed_since is None and self.live.pending():
-            self._changed_since = time.monotonic()
+            self._changed_since = counted if counted is not None else time.monotonic()
 
     def _given_back(self, changed: float | None) -> None:
         """Changes a flush took are pending again: the oldest of them counts."""

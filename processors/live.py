@@ -308,7 +308,7 @@ class FlushPolicy:
 
     min_interval_s: float
     max_interval_s: float
-    budget_cells_per_s: float  # 0: flush every max_interval_s
+    budget_cells_per_s: float  # 0: flush max_interval_s after the oldest change
     tick_s: float = 0.25  # how often the worker asks
 
     def due(
@@ -321,11 +321,11 @@ class FlushPolicy:
         """`oldest_change_s`: how long ago the oldest change not yet written was counted
         (None: there is none). `pending_rows` bounds `pending_cells` from above, and costs
         nothing to count."""
-        if oldest_change_s is None:
-            return False
+        if oldest_change_s is None or since_flush_s < self.min_interval_s:
+            return False  # changes given back by a failed flush wait too, not every tick
         if oldest_change_s + self.tick_s / 2 >= self.max_interval_s:
             return True
-        if since_flush_s < self.min_interval_s or not self.budget_cells_per_s:
+        if not self.budget_cells_per_s:
             return False
         allowed = self.budget_cells_per_s * oldest_change_s
         return pending_rows <= allowed or pending_cells() <= allowed

@@ -293,9 +293,12 @@ def test_the_flush_policy_goes_early_within_its_budget_and_late_beyond_it() -> N
     assert policy.due(1.9, 1.9, 10**9, lambda: 10**9)  # never past the longest wait (half a tick)
     assert not FlushPolicy(0.5, 2.0, budget_cells_per_s=0).due(1.5, 1.5, 1, lambda: 1)
     assert not policy.due(60.0, None, 0, lambda: 0)  # nothing to write
+    # Changes a failed flush gave back are old already: retried no sooner than the minimum.
+    assert not policy.due(0.25, 2.5, 100, lambda: 100)
+    assert policy.due(0.5, 2.75, 100, lambda: 100)
 
 
-def test_a_burst_after_a_quiet_spell_gathers_as_long_as_any_other() -> None:
+def test_a_burst_beyond_the_budget_after_a_quiet_spell_gathers_as_long_as_any_other() -> None:
     """Timed from its first change, not from the last flush: minutes of quiet do not make
     the burst's first flush come early, with a fraction of the events for its cells."""
     policy = FlushPolicy(min_interval_s=0.5, max_interval_s=2.0, budget_cells_per_s=4000)
