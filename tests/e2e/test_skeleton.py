@@ -112,7 +112,13 @@ def test_live_batch_and_ground_truth_agree(
         "sink",
         "sink",
         "hdfs",
-        env={"FEDILAKE_SINK_FLUSH_INTERVAL_S": "2", "FEDILAKE_SINK_COMPACT_INTERVAL_S": "0"},
+        env={
+            "FEDILAKE_SINK_FLUSH_INTERVAL_S": "2",
+            "FEDILAKE_SINK_COMPACT_INTERVAL_S": "0",
+            # A group of its own: a member the lake scenario's kill -9 left in the default
+            # group would hold its rebalance up (kafka-python waits up to 300 s for it).
+            "FEDILAKE_SINK_GROUP_ID": f"fedilake-hdfs-sink-{run_id}",
+        },
     )
     daemons(
         "simulator",
