@@ -518,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--flush-s",
         type=float,
         default=2.0,
-        help="speed: the longest the worker waits between two HBase flushes",
+        help="speed: the longest a counted change waits before the worker writes it to HBase",
     )
     p.add_argument("--hours", type=int, default=1, help="lake: event-time hours the events span")
     p.add_argument("--days", type=int, default=10, help="fold: event-time days the events span")

@@ -137,8 +137,8 @@ class CounterWorker:
         self._counting = asyncio.Lock()  # a batch being counted, or a fold
         self._connection: happybase.Connection | None = None
         self._store: MetricStore | None = None
-        self._leases: LiveLeases | None = None
-        self.lease: dict[int, LiveLease] = {}  # of each partition this worker writes
+        self._lease_table: LiveLeases | None = None
+        self._held: dict[int, LiveLease] = {}  # the lease of each partition this worker writes
         self._proven: dict[int, bytes] = {}  # a lease read before our fence was seen to stand
 
     # ------------------------------------------------------------------ events
@@ -236,7 +236,7 @@ class CounterWorker:
                 self.live.drop(partition)
                 self.settled.pop(partition, None)
                 self._folding.pop(partition, None)
-                self.lease.pop(partition, None)  # if it comes back: a new epoch
+                self._held.pop(partition, None)  # if it comes back: a new epoch
                 self._proven.pop(partition, None)
                 await self.records.close(partition)
 
@@ -349,12 +349,12 @@ class CounterWorker:
     # ------------------------------------------------------------------ HBase
 
     def _metric_store(self) -> tuple[MetricStore, LiveLeases]:
-        if self._store is None or self._leases is None:
+        if self._store is None or self._lease_table is None:
             self._connection = connect(self.hbase)
             init_tables(self._connection, [Tables.LEASES])  # for a schema of an earlier version
             self._store = MetricStore(self._connection, RowKeys(self.hbase.salt_buckets))
-            self._leases = LiveLeases(self._connection)
-        return self._store, self._leases
+            self._lease_table = LiveLeases(self._connection)
+        return self._store, self._lease_table
 
     def _write(self, flushes: dict[int, Flush]) -> Written:
         """Each partition's cells at a timestamp claimed in its lease (blocking: run in an
@@ -363,7 +363,7 @@ class CounterWorker:
         written = Written()
         for partition, flush in flushes.items():
             now_ms = time.time_ns() // 1_000_000
-            lease = self.lease.get(partition)
+            lease = self._held.get(partition)
             if lease is None:
                 fence = self.records.fence_of(partition)
                 if fence is None:  # closed meanwhile: its next owner writes it
@@ -374,14 +374,14 @@ class CounterWorker:
                 except LeaseHeldElsewhere as exc:
                     written.unproven[partition] = exc.held
                     continue
-                self.lease[partition] = lease
+                self._held[partition] = lease
                 self._proven.pop(partition, None)
                 log.info(
                     "partition %d: writing its live column (producer %d, epoch %d)",
                     partition,
                     *fence,
                 )
-            lease = self.lease[partition] = leases.claim(partition, lease, now_ms)
+            lease = self._held[partition] = leases.claim(partition, lease, now_ms)
             written.cells += 1 + store.write_live(
                 partition, flush.counts, flush.accounts, timestamp=lease.claimed_ms
             )
@@ -481,7 +481,7 @@ class CounterWorker:
                 log.debug("closing the HBase connection: %s", exc)
         self._connection = None
         self._store = None
-        self._leases = None
+        self._lease_table = None
 
     def report(self) -> None:
         log.info(

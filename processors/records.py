@@ -113,15 +113,16 @@ class RecordTable:
     async def open(self, partition: int) -> None:
         """Fence every earlier writer of the partition's changelog, then bring its database
         up to date from the changelog (in an executor thread)."""
-        await self.fence(partition)
+        await self._fence(partition)
         try:
             db = await asyncio.get_running_loop().run_in_executor(None, self.recover, partition)
         except BaseException:
             await self._stop_producer(partition)
             raise
-        self.install(partition, db)
+        self._dbs[partition] = db
+        self._pending[partition] = {}
 
-    async def fence(self, partition: int) -> None:
+    async def _fence(self, partition: int) -> None:
         """Become the only writer of the partition's changelog: a transactional producer
         with the partition's id, which Kafka gives a new epoch when it starts, aborting an
         earlier owner's open transaction and refusing what that owner sends next."""
@@ -157,8 +158,8 @@ class RecordTable:
         self._fences[partition] = fence
 
     def recover(self, partition: int) -> Rdict:
-        """The partition's database, brought up to date from the changelog (blocking: run it
-        in an executor thread, then `install` the result on the event loop)."""
+        """The partition's database, brought up to date from the changelog (blocking: `open`
+        runs it in an executor thread, after the fence)."""
         path = self.data_dir / f"status-records-p{partition}"
         path.parent.mkdir(parents=True, exist_ok=True)
         db = Rdict(str(path), Options(raw_mode=True))
@@ -188,10 +189,6 @@ class RecordTable:
             db.close()
             raise
         return db
-
-    def install(self, partition: int, db: Rdict) -> None:
-        self._dbs[partition] = db
-        self._pending[partition] = {}
 
     def _replay(self, db: Rdict, partition: int, start: int) -> int:
         tp = TopicPartition(self.changelog, partition)
