@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gzip
 import json
 import logging
 import posixpath
@@ -35,6 +34,7 @@ from enum import Enum
 from typing import Any
 
 from hdfs import HdfsError, InsecureClient
+from isal import igzip
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
@@ -113,10 +113,14 @@ def hour_of(moment: datetime) -> datetime:
 
 
 def encode_part(lines: Iterable[bytes]) -> bytes:
-    # mtime=0: rewriting the same offsets gives the same bytes, not only the same name.
-    # One join with a trailing empty line: concatenating each line with its newline first
-    # cost a third as much as the compression.
-    return gzip.compress(b"\n".join([*lines, b""]), compresslevel=1, mtime=0)
+    """Gzip JSON lines, as any gzip reader (Hadoop's codec included) reads them.
+
+    ISA-L's level 1 is ~4x faster than zlib's and compresses smaller (1.5 against 6.7 us
+    for a 2.6 KB envelope here); it lets go of the GIL, like zlib. mtime=0: rewriting the
+    same offsets gives the same bytes, not only the same name. One join with a trailing
+    empty line: concatenating each line with its newline first cost a third as much as
+    the compression."""
+    return igzip.compress(b"\n".join([*lines, b""]), compresslevel=1, mtime=0)
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ class LakeWriter:
     ) -> Landing:
         """Land one partition's flush: part files under temporary names, the manifest
         naming them, then the renames (compressed here: the sink lands partitions in
-        parallel, and zlib lets go of the GIL).
+        parallel, and ISA-L lets go of the GIL).
 
         The manifest is the point of no return, and a fence: it is named by the range's
         first offset and created only if no writer has landed a range from that offset,
@@ -275,7 +279,7 @@ class LakeWriter:
     def read_lines(self, path: str) -> list[bytes]:
         """The JSON lines of one gzip part file."""
         with self.client.read(path) as reader:
-            return gzip.decompress(reader.read()).splitlines()
+            return igzip.decompress(reader.read()).splitlines()
 
     def recover(self, topic: str, partition: int) -> int | None:
         """Finish the latest flush if a crash interrupted it; return the next offset to read."""
@@ -758,7 +762,9 @@ class HdfsLakeSink:
                 value=dead_letter_record(str(exc), value, f"{tp.topic}[{tp.partition}]@{offset}"),
             )
             return
-        buffer = self.buffers.setdefault(tp, PartitionBuffer())
+        buffer = self.buffers.get(tp)
+        if buffer is None:  # not setdefault: a new buffer draws a random token
+            buffer = self.buffers[tp] = PartitionBuffer()
         moment = envelope.event_time()
         buffer.add(offset, hour_of(moment), value, moment, envelope.kind is EventKind.DELETE)
 
@@ -797,7 +803,7 @@ class HdfsLakeSink:
                 ready.append((tp, buffer, buffer.last))
         if not ready:
             return
-        # Partitions land in parallel, each compressed and written by one thread (zlib and
+        # Partitions land in parallel, each compressed and written by one thread (ISA-L and
         # HTTP let go of the GIL): a write costs the DataNode ~20 ms however small it is,
         # and a flush writes three files per partition. One flush at a time still runs,
         # so each partition's ranges land in offset order.
