@@ -276,7 +276,7 @@ def run_lake_bench(events: int, out: Callable[[str], None], hours: int = 1) -> i
     from sinks.compactor import build_compactor
     from sinks.lake import build_sink
 
-    LocalStack(StackSettings()).up()
+    LocalStack(StackSettings()).up(["kafka", "namenode", "datanode"])
     kafka, hdfs = KafkaSettings(), HdfsSettings()
     day = bench_day()
     payloads = baseline_bytes(events, day, day.toordinal(), spread_s=hours * 3600 - 1)
