@@ -902,6 +902,7 @@ def build_sink(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=5000,
+        max_partition_fetch_bytes=settings.fetch_bytes_per_partition,
     )
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
     client = webhdfs_client(hdfs)
