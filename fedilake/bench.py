@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
+import subprocess
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from fedilake.settings import (
     SimulatorSettings,
     StackSettings,
 )
-from fedilake.stack.control import LocalStack
+from fedilake.stack.control import LocalStack, running_pid
 from sinks.hbase import MetricStore, connect
 from sinks.lake import LakeWriter, webhdfs_client
 from streamer.delivery import COMPRESSION, make_producer
@@ -134,6 +137,35 @@ def bare_consumer_seconds(kafka: KafkaSettings, topic: str, events: int) -> floa
         return time.perf_counter() - started
     finally:
         consumer.close()
+
+
+def bare_aiokafka_rate(kafka: KafkaSettings, topic: str, events: int) -> StageResult:
+    """A bare aiokafka loop over `topic` (the fastest Python Kafka client measured here, its
+    records decoded in C): every message read, nothing done, timed from the first."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def consume() -> StageResult:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka.bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        seen, first = 0, 0.0
+        try:
+            async for _ in consumer:
+                if seen == 0:
+                    first = time.monotonic()
+                seen += 1
+                if seen >= events:
+                    break
+        finally:
+            await consumer.stop()
+        return StageResult("bare aiokafka consume loop", time.monotonic() - first, seen)
+
+    return asyncio.run(consume())
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout_s: float, every_s: float) -> float:
@@ -270,7 +302,6 @@ def _get(url: str) -> Any:
 def run_lake_bench(events: int, out: Callable[[str], None], hours: int = 1) -> int:
     """MB/s into the lake through the sink beside raw WebHDFS writes of the same bytes."""
     import threading
-    import uuid
 
     from fedilake.settings import HdfsSinkSettings
     from sinks.compactor import build_compactor
@@ -317,6 +348,19 @@ def run_lake_bench(events: int, out: Callable[[str], None], hours: int = 1) -> i
         f"  bare kafka-python consumer reading them, nothing else: {megabytes / consumed:7.1f} "
         f"MB/s ({raw / consumed:.2f} x raw write; the most any kafka-python sink can do)"
     )
+    fastest = bare_aiokafka_rate(kafka, topic, events)
+    out(
+        f"  bare aiokafka consumer reading them, nothing else:     "
+        f"{megabytes / fastest.seconds:7.1f} MB/s ({raw / fastest.seconds:.2f} x raw write; "
+        "the fastest Python client here, before any parsing, gzip or write)"
+    )
+
+    least = _least_sink_seconds(kafka, hdfs, topic, events, flush_events)
+    out(
+        f"  least sink (aiokafka -> parse -> gzip -> WebHDFS):      {megabytes / least:7.1f} "
+        f"MB/s ({raw / least:.2f} x raw write; no manifests, renames or group: what any "
+        "Python sink on the fastest client does at least)"
+    )
 
     # A short time rotation: the last events of the run would otherwise wait out the
     # interval, and the bench would measure the wait (a live topic has no last event).
@@ -350,6 +394,62 @@ def run_lake_bench(events: int, out: Callable[[str], None], hours: int = 1) -> i
     return 0
 
 
+def _least_sink_seconds(
+    kafka: KafkaSettings, hdfs: HdfsSettings, topic: str, events: int, flush_events: int
+) -> float:
+    """The least any lake sink does, on the fastest Python client: read `topic` with
+    aiokafka, parse each envelope for its event hour, gzip each partition's lines and
+    write them to WebHDFS every `flush_events` events (on threads, as the sink does)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from aiokafka import AIOKafkaConsumer
+
+    from fedilake.contracts import Envelope
+    from sinks.lake import LANDING_THREADS, encode_part, hour_of
+
+    client = webhdfs_client(hdfs)
+    directory = f"{hdfs.lake_root}/_bench/least-{uuid.uuid4().hex[:8]}"
+
+    def land(partition: int, lines: list[bytes], n: int) -> None:
+        client.write(f"{directory}/{partition}-{n}.json.gz", data=encode_part(lines))
+
+    async def consume(pool: ThreadPoolExecutor) -> float:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka.bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        landing: list[Future[None]] = []
+        buffers: dict[int, list[bytes]] = {}
+        read, flushes, started = 0, 0, time.perf_counter()
+        try:
+            while read < events:
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                for tp, records in batches.items():
+                    lines = buffers.setdefault(tp.partition, [])
+                    for record in records:
+                        hour_of(Envelope.from_bytes(record.value).event_time())
+                        lines.append(record.value)
+                    read += len(records)
+                if read >= events or sum(len(b) for b in buffers.values()) >= flush_events:
+                    landing += [pool.submit(land, p, b, flushes) for p, b in buffers.items()]
+                    buffers, flushes = {}, flushes + 1
+            for future in landing:
+                future.result()
+            return time.perf_counter() - started
+        finally:
+            await consumer.stop()
+
+    try:
+        with ThreadPoolExecutor(max_workers=LANDING_THREADS) as pool:
+            return asyncio.run(consume(pool))
+    finally:
+        client.delete(directory, recursive=True)
+
+
 def run_streamer_bench(events: int, out: Callable[[str], None], reader_events: int = 2000) -> int:
     """Simulator -> streamer -> Kafka over SSE and WebSocket beside a bare producer, and the
     stream readers alone: ours against Mastodon.py's."""
@@ -368,37 +468,61 @@ def run_streamer_bench(events: int, out: Callable[[str], None], reader_events: i
         "  (the simulator shares the machine's cores with the streamer; per CPU-second counts "
         "only the streamer's own processes, readers and sender)"
     )
-    base_port = 18600 + os.getpid() % 100 * 3
+    base_port = 18600 + os.getpid() % 100 * 4
     with tempfile.TemporaryDirectory(prefix="fedilake-bench-") as tmp:
         for n, transport in enumerate(("sse", "websocket")):
-            stage, (readers_mb, sender_mb) = _streamer_stage(
+            stage = _streamer_stage(
                 kafka, Path(tmp) / transport, transport, base_port + n, events, seed + n
             )
+            run = stage.result
             out(
-                f"  {stage.name:44} {stage.rate:>9,.0f} events/s  "
-                f"({stage.rate / baseline.rate:.2f} x bare producer), "
-                f"{stage.per_cpu_second:,.0f} per CPU-second "
-                f"({stage.per_cpu_second / baseline.per_cpu_second:.2f} x), "
-                f"RSS {readers_mb:.0f} MB readers + {sender_mb:.0f} MB sender process"
+                f"  {run.name:44} {run.rate:>9,.0f} events/s  "
+                f"({run.rate / baseline.rate:.2f} x bare producer), "
+                f"{run.per_cpu_second:,.0f} per CPU-second "
+                f"({run.per_cpu_second / baseline.per_cpu_second:.2f} x), "
+                f"RSS {stage.readers_mb:.0f} MB readers + {stage.sender_mb:.0f} MB sender process"
             )
+            out(
+                f"    meanwhile, on the same cores: the simulator spent "
+                f"{stage.simulator_cpu_s / run.events * 1e6:.0f} us and the Kafka broker "
+                f"{stage.broker_cpu_s / run.events * 1e6:.0f} us of CPU per event, the "
+                f"streamer {run.cpu_seconds / run.events * 1e6:.0f} us, the bare producer "
+                f"{baseline.cpu_seconds / baseline.events * 1e6:.0f} us"
+            )
+        with cli_processes(Path(tmp) / "least") as start:
+            simulator, _ = _start_simulator(start, base_port + 2, events, seed + 2)
+            least = _least_streamer_rate(kafka, simulator, events)
+        out(
+            f"  {least.name:44} {least.rate:>9,.0f} events/s  "
+            f"({least.rate / baseline.rate:.2f} x bare producer), "
+            f"{least.per_cpu_second:,.0f} per CPU-second: our SSE reader, the envelope and "
+            "the same producer in one process, no dedup, no spool, no checkpoints"
+        )
+        target = 0.8 * baseline.rate
+        cores = os.cpu_count() or 1
+        out(
+            f"  0.8 x the bare producer is {target:,.0f} events/s: {cores} cores then give "
+            f"{cores / target * 1e6:.0f} us of CPU per event to the simulator, the broker and "
+            "the streamer together"
+        )
         # The readers alone, without Kafka: what a listener built on each keeps up with.
         # Each reader gets a simulator of its own holding exactly its statuses.
         with cli_processes(Path(tmp) / "ours") as start:
-            ours = _our_reader_rate(
-                _start_simulator(start, base_port + 2, reader_events, seed), reader_events
-            )
+            simulator, _ = _start_simulator(start, base_port + 3, reader_events, seed)
+            ours = _our_reader_rate(simulator, reader_events)
         with cli_processes(Path(tmp) / "mastodon-py") as start:
-            theirs = _mastodon_py_reader_rate(
-                _start_simulator(start, base_port + 2, reader_events, seed), reader_events
-            )
+            simulator, _ = _start_simulator(start, base_port + 3, reader_events, seed)
+            theirs = _mastodon_py_reader_rate(simulator, reader_events)
     out(f"  stream readers alone, {reader_events} statuses each, no Kafka:")
     out(f"    fedilake SSE reader (payload bytes kept)  {ours:>9,.0f} events/s")
     out(f"    Mastodon.py stream_public                 {theirs:>9,.0f} events/s")
     return 0
 
 
-def _start_simulator(start: Callable[..., Any], port: int, events: int, seed: int) -> str:
-    start(
+def _start_simulator(
+    start: Callable[..., subprocess.Popen[bytes]], port: int, events: int, seed: int
+) -> tuple[str, subprocess.Popen[bytes]]:
+    process = start(
         "simulator",
         "simulate",
         "--port",
@@ -412,14 +536,24 @@ def _start_simulator(start: Callable[..., Any], port: int, events: int, seed: in
     )
     url = f"http://127.0.0.1:{port}"
     wait_until("the simulator", lambda: _get(f"{url}/api/v1/streaming/health") is not None, 30, 0.2)
-    return url
+    return url, process
+
+
+@dataclass(frozen=True)
+class StreamerStage:
+    result: StageResult  # CPU: the streamer's own processes
+    readers_mb: float
+    sender_mb: float
+    simulator_cpu_s: float  # over the same window, on the same cores
+    broker_cpu_s: float
 
 
 def _streamer_stage(
     kafka: KafkaSettings, workdir: Path, transport: str, port: int, events: int, seed: int
-) -> tuple[StageResult, tuple[float, float]]:
+) -> StreamerStage:
+    broker = running_pid(LocalStack(StackSettings()).paths, "kafka")
     with cli_processes(workdir) as start:
-        simulator = _start_simulator(start, port, events, seed)
+        simulator, simulator_process = _start_simulator(start, port, events, seed)
         before = sum(end_offsets(kafka, Topics.EVENTS.name).values())
         streamer = start(
             "streamer",
@@ -435,17 +569,63 @@ def _streamer_stage(
         def published() -> int:
             return sum(end_offsets(kafka, Topics.EVENTS.name).values()) - before
 
-        def streamer_cpu() -> float:
-            return cpu_seconds([streamer.pid, *child_pids(streamer.pid)])
+        def cpu() -> tuple[float, float, float]:
+            return (
+                cpu_seconds([streamer.pid, *child_pids(streamer.pid)]),
+                cpu_seconds([simulator_process.pid]),
+                cpu_seconds([broker] if broker is not None else []),
+            )
 
         t_first = wait_until("the first event in Kafka", lambda: published() > 0, 60, 0.02)
-        cpu_first = streamer_cpu()
+        cpu_first = cpu()
         t_all = wait_until(f"{events} events in Kafka", lambda: published() >= events, 600, 0.05)
-        cpu_all = streamer_cpu()
+        streamer_cpu, simulator_cpu, broker_cpu = (
+            b - a for a, b in zip(cpu_first, cpu(), strict=True)
+        )
         name = f"simulator -> streamer ({transport}) -> Kafka"
-        readers = rss_mb(streamer.pid)
-        sender = sum(rss_mb(child) for child in child_pids(streamer.pid))
-        return StageResult(name, t_all - t_first, events, cpu_all - cpu_first), (readers, sender)
+        return StreamerStage(
+            StageResult(name, t_all - t_first, events, streamer_cpu),
+            readers_mb=rss_mb(streamer.pid),
+            sender_mb=sum(rss_mb(child) for child in child_pids(streamer.pid)),
+            simulator_cpu_s=simulator_cpu,
+            broker_cpu_s=broker_cpu,
+        )
+
+
+def _least_streamer_rate(kafka: KafkaSettings, simulator: str, events: int) -> StageResult:
+    """The least any streamer does: read the stream, wrap each event, send it, in one
+    process (our SSE reader, the envelope, the streamer's producer settings)."""
+    from streamer.sources import Source, TokenRef
+    from streamer.sse import StreamEvent
+    from streamer.transports import SseConnection
+
+    producer: KafkaProducer = make_producer(kafka)
+    source = Source(simulator, "public", token=TokenRef(value=SIMULATOR_TOKEN))
+    connection = SseConnection(source, simulator, SIMULATOR_TOKEN, 30, requests.Session())
+    sent, started, cpu_started = 0, 0.0, 0.0
+    try:
+        for item in connection.items():
+            if not isinstance(item, StreamEvent):
+                continue
+            if sent == 0:
+                started, cpu_started = time.perf_counter(), time.process_time()
+            envelope = wrap_event(
+                item.event,
+                item.data,
+                instance=simulator,
+                stream="public",
+                received_at=datetime.now(UTC),
+            )
+            producer.send(Topics.EVENTS.name, key=envelope.kafka_key(), value=envelope.to_bytes())
+            sent += 1
+            if sent >= events:
+                break
+        producer.flush()
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    finally:
+        connection.close()
+        producer.close()
+    return StageResult("simulator -> least streamer (sse) -> Kafka", seconds, sent, cpu)
 
 
 SIMULATOR_TOKEN = SimulatorSettings().token.get_secret_value()

@@ -7,7 +7,6 @@ increment per counter per event.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import tempfile
@@ -18,9 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
-
-from fedilake.bench import StageResult, rss_mb
+from fedilake.bench import StageResult, bare_aiokafka_rate, rss_mb
 from fedilake.contracts import (
     Envelope,
     EventKind,
@@ -50,33 +47,6 @@ class WorkerFigures:
     events: int
     cells: int
     rss_mb: float
-
-
-def bare_consume_rate(run: SpeedRun, events: int) -> StageResult:
-    """A bare aiokafka loop over the same topic: every message read, nothing done."""
-
-    async def consume() -> StageResult:
-        consumer = AIOKafkaConsumer(
-            run.topic.name,
-            bootstrap_servers=run.kafka.bootstrap_servers,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
-        )
-        await consumer.start()
-        seen, first = 0, 0.0
-        try:
-            async for _ in consumer:
-                if seen == 0:
-                    first = time.monotonic()
-                seen += 1
-                if seen >= events:
-                    break
-        finally:
-            await consumer.stop()
-        return StageResult("bare aiokafka consume loop", time.monotonic() - first, seen)
-
-    return asyncio.run(consume())
 
 
 def _reports(log: Path) -> list[tuple[float, int, int]]:
@@ -272,7 +242,7 @@ def run_speed_bench(
                 f"of {ProcessorSettings().write_budget_cells_per_s:,.0f} HBase cells/s"
             )
             run.produce(history.envelopes)
-            bare = bare_consume_rate(run, len(history.envelopes))
+            bare = bare_aiokafka_rate(run.kafka, run.topic.name, len(history.envelopes))
             out(f"{bare.name:46} {bare.rate:10,.0f} events/s")
             figures = worker_throughput(run, len(history.envelopes))
             out(
