@@ -35,7 +35,7 @@ from typing import Any
 
 from hdfs import HdfsError, InsecureClient
 from isal import igzip
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
@@ -54,10 +54,12 @@ from fedilake.contracts import (
 )
 from fedilake.settings import HdfsSettings, HdfsSinkSettings, KafkaSettings
 
+from .group_consumer import GroupConsumer
+
 log = logging.getLogger(__name__)
 
-# The longest a rebalance callback waits for a flush in flight: kafka-python 3 runs the
-# callbacks on its I/O thread, so heartbeats wait too (the session times out at 45 s).
+# The longest a rebalance callback waits for a flush in flight: the consumer runs the
+# callbacks on its own thread, so heartbeats wait too (the session times out at 45 s).
 REBALANCE_WAIT_S = 15.0
 
 # Partitions of one flush landing at once.
@@ -413,9 +415,9 @@ class LakeSinkBroken(RuntimeError):
 
 
 class _Recovery(ConsumerRebalanceListener):
-    """kafka-python 3 calls these on its I/O thread: they must not use the consumer in a way
-    that waits for that thread (committing offsets does), so landed offsets are committed
-    later by the consumer loop."""
+    """The consumer calls these on its own thread (`GroupConsumer`): they must not use the
+    consumer in a way that waits for that thread (committing offsets does), so landed
+    offsets are committed later by the consumer loop."""
 
     def __init__(self, sink: HdfsLakeSink) -> None:
         self.sink = sink
@@ -447,7 +449,7 @@ class HdfsLakeSink:
     def __init__(
         self,
         settings: HdfsSinkSettings,
-        consumer: KafkaConsumer,
+        consumer: GroupConsumer,
         writer: LakeWriter,
         dead_letters: KafkaProducer,
     ) -> None:
@@ -555,9 +557,9 @@ class HdfsLakeSink:
             self.consumer.resume(*partitions)
 
     def position_from_lake(self, partitions: Iterable[TopicPartition]) -> None:
-        """Consume `partitions` again only from where the lake ends (on kafka-python's I/O
-        thread, in a rebalance callback: pausing them there keeps that poll from returning
-        their records)."""
+        """Consume `partitions` again only from where the lake ends (on the consumer's own
+        thread, in a rebalance callback: pausing them there keeps the next poll from
+        returning their records)."""
         partitions = list(partitions)
         for tp in partitions:
             self._unpositioned[tp] = (0.0, 1.0)
@@ -711,19 +713,14 @@ class HdfsLakeSink:
             if time.monotonic() < due:
                 continue
             try:
-                # kafka-python first settles its own position (a committed offset, or a
-                # reset by the group's policy): a reset still in flight could otherwise
-                # land after, and over, the seek below.
-                self.consumer.position(tp, timeout_ms=10000)
-                position = self.writer.recover(tp.topic, tp.partition)
-                # Nothing of it in the lake yet: from the group's committed offset (which
-                # only ever follows the lake), else from the start, as a new group does.
-                # Never from where the consumer happens to be: what it held of the
-                # partition may have been dropped unlanded (a rebalance, a fence).
-                committed = (
-                    self.consumer.committed(tp, timeout_ms=10000) if position is None else None
-                )
+                self._resume_from_lake(tp)
             except (HdfsError, OSError, KafkaError) as exc:
+                if tp not in self.consumer.assignment():
+                    # Revoked meanwhile (rebalances run on the consumer's own thread):
+                    # its next owner reads its position.
+                    del self._unpositioned[tp]
+                    self.buffers.pop(tp, None)
+                    continue
                 log.warning(
                     "cannot read %s[%d]'s position (%s); it stays paused, retrying in %.0fs",
                     tp.topic,
@@ -733,23 +730,37 @@ class HdfsLakeSink:
                 )
                 self._unpositioned[tp] = (time.monotonic() + delay, min(delay * 2, 30.0))
                 continue
-            if position is None and committed is None:
-                self.consumer.seek_to_beginning(tp)
-            elif position is None:
-                self.consumer.seek(tp, committed)
-            else:
-                self.consumer.seek(tp, position)
-                # Committed by this loop: the group's offset follows the lake even when
-                # the previous owner could not commit its last flush.
-                self.note_resumed(tp, position)
-                log.info(
-                    "%s[%d] resumes at offset %d (from the lake)", tp.topic, tp.partition, position
-                )
             self.buffers.pop(tp, None)
             del self._unpositioned[tp]
             if not self._held_back:
                 self.consumer.resume(tp)  # else with the others, once the flush has landed
         self.buffered_bytes = sum(b.size() for b in self.buffers.values())
+
+    def _resume_from_lake(self, tp: TopicPartition) -> None:
+        """Seek `tp` to where the lake ends (finishing a flush a crash interrupted)."""
+        # The consumer first settles its own position (a committed offset, or a reset by
+        # the group's policy): a reset still in flight could otherwise land after, and
+        # over, the seek below.
+        self.consumer.position(tp, timeout_ms=10000)
+        position = self.writer.recover(tp.topic, tp.partition)
+        if position is not None:
+            self.consumer.seek(tp, position)
+            # Committed by the consumer loop: the group's offset follows the lake even
+            # when the previous owner could not commit its last flush.
+            self.note_resumed(tp, position)
+            log.info(
+                "%s[%d] resumes at offset %d (from the lake)", tp.topic, tp.partition, position
+            )
+            return
+        # Nothing of it in the lake yet: from the group's committed offset (which only
+        # ever follows the lake), else from the start, as a new group does. Never from
+        # where the consumer happens to be: what it held of the partition may have been
+        # dropped unlanded (a rebalance, a fence).
+        committed = self.consumer.committed(tp, timeout_ms=10000)
+        if committed is None:
+            self.consumer.seek_to_beginning(tp)
+        else:
+            self.consumer.seek(tp, committed)
 
     def _add(self, tp: TopicPartition, offset: int, value: bytes) -> None:
         if tp in self._unpositioned:
@@ -895,14 +906,17 @@ class HdfsLakeSink:
 def build_sink(
     settings: HdfsSinkSettings, kafka: KafkaSettings, hdfs: HdfsSettings
 ) -> HdfsLakeSink:
-    consumer = KafkaConsumer(
+    consumer = GroupConsumer(
         bootstrap_servers=kafka.bootstrap_servers,
         group_id=settings.group_id,
         client_id=f"{kafka.client_id}-hdfs-sink",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_poll_records=5000,
         max_partition_fetch_bytes=settings.fetch_bytes_per_partition,
+        # As kafka-python's: a rebalance callback may wait REBALANCE_WAIT_S for a flush,
+        # and the loop it blocks also sends the heartbeats.
+        session_timeout_ms=45_000,
+        heartbeat_interval_ms=3_000,
     )
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
     client = webhdfs_client(hdfs)
