@@ -3,15 +3,20 @@ calls the sink makes, in kafka-python's names and shapes.
 
 aiokafka decodes record batches in C: a bare loop over the streamer's topic reads about
 twice as fast as kafka-python, whose pure-Python decoding was most of the time of the
-sink's consumer thread. The loop thread plays the part of kafka-python's I/O thread: it
-fetches, heartbeats and runs the rebalance callbacks, which may block it (as they block
-kafka-python's) within the session timeout.
+sink's consumer thread. The loop's thread fetches and heartbeats. Rebalance callbacks
+run as kafka-python runs them: on the caller's thread, inside `poll` (and `subscribe`),
+never beside the caller's own code; the loop waits for them meanwhile and goes on
+heartbeating.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
+import queue
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -24,7 +29,17 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+# Bounds on calls that aiokafka would otherwise retry until Kafka answers (kafka-python's
+# own calls time out too): the sink's loop must go on, and SIGTERM be heard.
+START_TIMEOUT_MS = 60_000
+COMMIT_TIMEOUT_MS = 10_000
+STOP_TIMEOUT_MS = 30_000
+
+Callback = Callable[[list[TopicPartition]], None]
 
 
 def _ours(partitions: Iterable[Any]) -> list[TopicPartition]:
@@ -37,67 +52,148 @@ def _theirs(tp: TopicPartition) -> AsyncTopicPartition:
 
 
 class _Relay(AsyncRebalanceListener):
-    """aiokafka's callbacks, handed to a kafka-python listener on the loop's thread."""
+    """aiokafka's callbacks, queued for the caller's thread; the coordinator awaits them."""
 
-    def __init__(self, listener: ConsumerRebalanceListener) -> None:
+    def __init__(self, owner: GroupConsumer, listener: ConsumerRebalanceListener) -> None:
+        self.owner = owner
         self.listener = listener
 
-    def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
-        self.listener.on_partitions_revoked(_ours(revoked))
+    async def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        await self.owner.hand_to_caller(self.listener.on_partitions_revoked, _ours(revoked))
 
-    def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
-        self.listener.on_partitions_assigned(_ours(assigned))
+    async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
+        await self.owner.hand_to_caller(self.listener.on_partitions_assigned, _ours(assigned))
 
 
 class GroupConsumer:
-    """A consumer group member: `subscribe` starts it, `close` leaves the group.
+    """A consumer group member: `subscribe` joins, `close` leaves the group.
 
-    Thread-safe in the way the sink needs: its loop's thread (rebalance callbacks) may
-    pause and resume; every other call comes from one thread at a time. aiokafka's errors
-    are raised as kafka-python's `KafkaError`, a timeout as `KafkaTimeoutError`."""
+    Used from one thread at a time. aiokafka's errors are raised as kafka-python's
+    `KafkaError`, a timeout as `KafkaTimeoutError`."""
 
     def __init__(self, **config: Any) -> None:
-        self._config = config
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="lake-kafka", daemon=True
         )
         self._thread.start()
-        self._consumer: AIOKafkaConsumer = self._wait(self._create())
-        self._closed = False
+        self._callbacks: queue.SimpleQueue[
+            tuple[Callback, list[TopicPartition], concurrent.futures.Future[None]]
+        ] = queue.SimpleQueue()
+        self._wakeup = threading.Event()  # a callback queued, or the fetch done
+        self._fetching: concurrent.futures.Future[dict[Any, list[Any]]] | None = None
+        self._closing = False
 
-    async def _create(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(**self._config)  # binds to the running loop
+        async def create() -> AIOKafkaConsumer:
+            return AIOKafkaConsumer(**config)  # binds to the running loop
+
+        try:
+            self._consumer: AIOKafkaConsumer = self._wait(create())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    # ------------------------------------------------------------------ the loop
+
+    def _submit(self, work: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if threading.current_thread() is self._thread:
+            work.close()
+            raise RuntimeError("a blocking consumer call from the consumer's own loop")
+        return asyncio.run_coroutine_threadsafe(work, self._loop)
 
     def _wait(self, work: Coroutine[Any, Any, T], timeout_ms: int | None = None) -> T:
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("a blocking consumer call from a rebalance callback")
-        if timeout_ms is not None:
-            work = asyncio.wait_for(work, timeout_ms / 1000)
+        """Run `work` on the loop and wait for it, at most `timeout_ms`."""
+        future = self._submit(work)
+        done, _ = concurrent.futures.wait(
+            [future], timeout=None if timeout_ms is None else timeout_ms / 1000
+        )
+        if not done:
+            future.cancel()
+            raise KafkaTimeoutError(f"no answer from Kafka in {timeout_ms} ms")
+        return self._result(future)
+
+    @staticmethod
+    def _result(future: concurrent.futures.Future[T]) -> T:
         try:
-            return asyncio.run_coroutine_threadsafe(work, self._loop).result()
-        except TimeoutError as exc:
-            raise KafkaTimeoutError(f"no answer from Kafka in {timeout_ms} ms") from exc
+            return future.result()
         except AsyncKafkaError as exc:
             raise KafkaError(f"{exc.__class__.__name__}: {exc}") from exc
 
     def _on_loop(self, call: Callable[[], T]) -> T:
         """A plain aiokafka call, made on the loop's thread (aiokafka is not thread-safe)."""
-        if threading.current_thread() is self._thread:
-            return call()
 
         async def run() -> T:
             return call()
 
         return self._wait(run())
 
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # ------------------------------------------------------------------ rebalances
+
+    async def hand_to_caller(self, callback: Callback, partitions: list[TopicPartition]) -> None:
+        """On the loop: have the caller's thread run `callback` at its next `poll`, and wait."""
+        if self._closing:
+            return  # leaving: the caller has landed what it had, nothing to hand over
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._callbacks.put((callback, partitions, done))
+        self._wakeup.set()
+        await asyncio.wrap_future(done)
+
+    def _run_callbacks(self) -> None:
+        while True:
+            try:
+                callback, partitions, done = self._callbacks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                callback(partitions)
+            except Exception:  # as kafka-python and aiokafka do: logged, the group goes on
+                log.exception("a rebalance callback failed for %s", partitions)
+            finally:
+                done.set_result(None)
+
+    # ------------------------------------------------------------------ the consumer
+
     def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener) -> None:
-        self._on_loop(lambda: self._consumer.subscribe(topics, listener=_Relay(listener)))
-        self._wait(self._consumer.start())
+        # Started first: aiokafka's start() waits for an assignment when already
+        # subscribed, and the assignment's callback waits for our next poll.
+        self._wait(self._consumer.start(), START_TIMEOUT_MS)
+        self._on_loop(lambda: self._consumer.subscribe(topics, listener=_Relay(self, listener)))
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
-        batches = self._wait(self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
-        return {TopicPartition(tp.topic, tp.partition): records for tp, records in batches.items()}
+        """Records fetched within `timeout_ms` (none if a rebalance takes longer: the fetch
+        goes on, and the next poll returns what it brings), after running the rebalance
+        callbacks due; only records of partitions still assigned then."""
+        if self._fetching is None:
+            self._fetching = self._submit(
+                self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            )
+            self._fetching.add_done_callback(lambda _: self._wakeup.set())
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            self._wakeup.clear()
+            self._run_callbacks()
+            if self._fetching.done():
+                fetched, self._fetching = self._fetching, None
+                batches = self._result(fetched)
+                self._run_callbacks()  # a rebalance that came with them goes first
+                if not batches:
+                    return {}
+                assigned = self._on_loop(self._consumer.assignment)
+                return {
+                    TopicPartition(tp.topic, tp.partition): records
+                    for tp, records in batches.items()
+                    if tp in assigned
+                }
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return {}
+            self._wakeup.wait(left)
 
     def assignment(self) -> set[TopicPartition]:
         return set(_ours(self._on_loop(self._consumer.assignment)))
@@ -110,8 +206,7 @@ class GroupConsumer:
         self._on_loop(lambda: self._consumer.resume(*self._assigned(partitions)))
 
     def _assigned(self, partitions: Iterable[TopicPartition]) -> list[AsyncTopicPartition]:
-        # On the loop's thread, where the assignment changes: no revoke in between.
-        assigned = self._consumer.assignment()
+        assigned = self._consumer.assignment()  # on the loop's thread
         return [p for p in map(_theirs, partitions) if p in assigned]
 
     def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
@@ -129,18 +224,29 @@ class GroupConsumer:
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         self._wait(
-            self._consumer.commit({_theirs(tp): meta.offset for tp, meta in offsets.items()})
+            self._consumer.commit({_theirs(tp): meta.offset for tp, meta in offsets.items()}),
+            COMMIT_TIMEOUT_MS,
         )
 
     def close(self, autocommit: bool = False) -> None:
         """Leave the group (never committing: the sink commits what landed) and stop."""
-        if self._closed:
+        if self._closing:
             return
-        self._closed = True
+        self._closing = True
         try:
-            self._wait(self._consumer.stop())
+            self._run_callbacks_unrun()
+            self._wait(self._consumer.stop(), STOP_TIMEOUT_MS)
+        except (KafkaError, OSError) as exc:
+            log.warning("could not leave the consumer group cleanly: %s", exc)
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            if not self._thread.is_alive():
-                self._loop.close()
+            self._run_callbacks_unrun()
+            self._stop_loop()
+
+    def _run_callbacks_unrun(self) -> None:
+        """Release callbacks queued before closing without running them (see hand_to_caller)."""
+        while True:
+            try:
+                _callback, _partitions, done = self._callbacks.get_nowait()
+            except queue.Empty:
+                return
+            done.set_result(None)
