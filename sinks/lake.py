@@ -58,8 +58,8 @@ from .group_consumer import GroupConsumer
 
 log = logging.getLogger(__name__)
 
-# The longest a rebalance callback waits for a flush in flight: the consumer runs the
-# callbacks on its own thread, so heartbeats wait too (the session times out at 45 s).
+# The longest a rebalance callback waits for a flush in flight: the group's rebalance
+# waits for it (and must end within the consumer's 45 s rebalance timeout).
 REBALANCE_WAIT_S = 15.0
 
 # Partitions of one flush landing at once.
@@ -415,9 +415,9 @@ class LakeSinkBroken(RuntimeError):
 
 
 class _Recovery(ConsumerRebalanceListener):
-    """The consumer calls these on its own thread (`GroupConsumer`): they must not use the
-    consumer in a way that waits for that thread (committing offsets does), so landed
-    offsets are committed later by the consumer loop."""
+    """The consumer calls these inside `poll`, on the consumer loop's thread, while the
+    group's rebalance waits for them (`GroupConsumer`): they commit nothing (a commit
+    fails in the middle of a rebalance), landed offsets are committed by the loop."""
 
     def __init__(self, sink: HdfsLakeSink) -> None:
         self.sink = sink
@@ -557,9 +557,9 @@ class HdfsLakeSink:
             self.consumer.resume(*partitions)
 
     def position_from_lake(self, partitions: Iterable[TopicPartition]) -> None:
-        """Consume `partitions` again only from where the lake ends (on the consumer's own
-        thread, in a rebalance callback: pausing them there keeps the next poll from
-        returning their records)."""
+        """Consume `partitions` again only from where the lake ends (in a rebalance
+        callback: records of them that the poll still returns are dropped, and the
+        paused partitions fetch nothing until the loop has read their position)."""
         partitions = list(partitions)
         for tp in partitions:
             self._unpositioned[tp] = (0.0, 1.0)
@@ -914,9 +914,12 @@ def build_sink(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=settings.fetch_bytes_per_partition,
         # As kafka-python's: a rebalance callback may wait REBALANCE_WAIT_S for a flush,
-        # and the loop it blocks also sends the heartbeats.
+        # and a JoinGroup may wait out the rebalance timeout (a member killed), so its
+        # request outlasts it (aiokafka's 40 s request timeout alone did not).
         session_timeout_ms=45_000,
         heartbeat_interval_ms=3_000,
+        rebalance_timeout_ms=45_000,
+        request_timeout_ms=50_000,
     )
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
     client = webhdfs_client(hdfs)
