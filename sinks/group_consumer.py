@@ -4,9 +4,14 @@ calls the sink makes, in kafka-python's names and shapes.
 aiokafka decodes record batches in C: a bare loop over the streamer's topic reads about
 twice as fast as kafka-python, whose pure-Python decoding was most of the time of the
 sink's consumer thread. The loop's thread fetches and heartbeats. Rebalance callbacks
-run as kafka-python runs them: on the caller's thread, inside `poll` (and `subscribe`),
-never beside the caller's own code; the loop waits for them meanwhile and goes on
-heartbeating.
+run as kafka-python runs them: on the caller's thread, inside `poll`, never beside the
+caller's own code; the group's rebalance waits for them meanwhile (aiokafka sends no
+heartbeats while it waits for the assignment's callback, so the caller must poll well
+within the rebalance timeout: see `rebalance_pending`).
+
+A poll never returns records fetched before a revoke or a seek of their partition (each
+partition has an epoch, moved on the loop's thread by both, and every fetch is stamped
+with the epochs it was fetched under): the sink drops no offset it has not been given.
 """
 
 from __future__ import annotations
@@ -40,10 +45,18 @@ COMMIT_TIMEOUT_MS = 10_000
 STOP_TIMEOUT_MS = 30_000
 
 Callback = Callable[[list[TopicPartition]], None]
+# A fetch's records, and the epoch of each of their partitions when they were fetched.
+Fetched = tuple[dict[AsyncTopicPartition, list[Any]], dict[AsyncTopicPartition, int]]
 
 
 def _ours(partitions: Iterable[Any]) -> list[TopicPartition]:
     return [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+
+
+def _release(done: concurrent.futures.Future[None]) -> None:
+    """Let the coordinator awaiting `done` go on (unless it gave up waiting)."""
+    if done.set_running_or_notify_cancel():
+        done.set_result(None)
 
 
 def _theirs(tp: TopicPartition) -> AsyncTopicPartition:
@@ -59,6 +72,7 @@ class _Relay(AsyncRebalanceListener):
         self.listener = listener
 
     async def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        self.owner.moved(revoked)  # what was fetched of them is not for the caller any more
         await self.owner.hand_to_caller(self.listener.on_partitions_revoked, _ours(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
@@ -81,8 +95,10 @@ class GroupConsumer:
             tuple[Callback, list[TopicPartition], concurrent.futures.Future[None]]
         ] = queue.SimpleQueue()
         self._wakeup = threading.Event()  # a callback queued, or the fetch done
-        self._fetching: concurrent.futures.Future[dict[Any, list[Any]]] | None = None
-        self._closing = False
+        self._fetching: concurrent.futures.Future[Fetched] | None = None
+        # Per partition, moved by each revoke and seek; read and moved on the loop only.
+        self._epochs: dict[AsyncTopicPartition, int] = {}
+        self._closing = False  # set on the loop, where callbacks are handed over
 
         async def create() -> AIOKafkaConsumer:
             return AIOKafkaConsumer(**config)  # binds to the running loop
@@ -155,7 +171,31 @@ class GroupConsumer:
             except Exception:  # as kafka-python and aiokafka do: logged, the group goes on
                 log.exception("a rebalance callback failed for %s", partitions)
             finally:
-                done.set_result(None)
+                _release(done)
+
+    def rebalance_pending(self) -> bool:
+        """A rebalance waits for the next poll: the caller should poll now (aiokafka sends
+        no heartbeats while it waits for an assignment's callback)."""
+        return not self._callbacks.empty()
+
+    def moved(self, partitions: Iterable[Any]) -> None:
+        """On the loop: what was fetched of `partitions` until now is stale."""
+        for tp in partitions:
+            key = _theirs(tp)
+            self._epochs[key] = self._epochs.get(key, 0) + 1
+
+    async def _fetch(self, timeout_ms: int, max_records: int) -> Fetched:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        # In the same step as the fetch: no revoke nor seek comes in between.
+        return batches, {tp: self._epochs.get(tp, 0) for tp in batches}
+
+    async def _current(self, fetched: Fetched) -> dict[TopicPartition, list[Any]]:
+        batches, epochs = fetched
+        return {
+            TopicPartition(tp.topic, tp.partition): records
+            for tp, records in batches.items()
+            if self._epochs.get(tp, 0) == epochs[tp]
+        }
 
     # ------------------------------------------------------------------ the consumer
 
@@ -168,11 +208,9 @@ class GroupConsumer:
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
         """Records fetched within `timeout_ms` (none if a rebalance takes longer: the fetch
         goes on, and the next poll returns what it brings), after running the rebalance
-        callbacks due; only records of partitions still assigned then."""
+        callbacks due; none fetched before a revoke or a seek of their partition."""
         if self._fetching is None:
-            self._fetching = self._submit(
-                self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-            )
+            self._fetching = self._submit(self._fetch(timeout_ms, max_records))
             self._fetching.add_done_callback(lambda _: self._wakeup.set())
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
@@ -182,14 +220,9 @@ class GroupConsumer:
                 fetched, self._fetching = self._fetching, None
                 batches = self._result(fetched)
                 self._run_callbacks()  # a rebalance that came with them goes first
-                if not batches:
+                if not batches[0]:
                     return {}
-                assigned = self._on_loop(self._consumer.assignment)
-                return {
-                    TopicPartition(tp.topic, tp.partition): records
-                    for tp, records in batches.items()
-                    if tp in assigned
-                }
+                return self._wait(self._current(batches))
             left = deadline - time.monotonic()
             if left <= 0:
                 return {}
@@ -217,10 +250,19 @@ class GroupConsumer:
         return offset
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self._on_loop(lambda: self._consumer.seek(_theirs(tp), offset))
+        def seek() -> None:
+            self._consumer.seek(_theirs(tp), offset)
+            self.moved([tp])
+
+        self._on_loop(seek)
 
     def seek_to_beginning(self, *partitions: TopicPartition) -> None:
-        self._wait(self._consumer.seek_to_beginning(*map(_theirs, partitions)))
+        async def seek() -> None:
+            if not await self._consumer.seek_to_beginning(*map(_theirs, partitions)):
+                raise KafkaTimeoutError("no answer from Kafka for the first offsets")
+            self.moved(partitions)
+
+        self._wait(seek(), COMMIT_TIMEOUT_MS)
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         self._wait(
@@ -230,11 +272,17 @@ class GroupConsumer:
 
     def close(self, autocommit: bool = False) -> None:
         """Leave the group (never committing: the sink commits what landed) and stop."""
-        if self._closing:
+        if not self._thread.is_alive():
             return
-        self._closing = True
+
+        def closing() -> None:
+            self._closing = True  # on the loop: no callback is handed over after this
+
         try:
+            self._on_loop(closing)
             self._run_callbacks_unrun()
+            if self._fetching is not None:
+                self._fetching.cancel()
             self._wait(self._consumer.stop(), STOP_TIMEOUT_MS)
         except (KafkaError, OSError) as exc:
             log.warning("could not leave the consumer group cleanly: %s", exc)
@@ -249,4 +297,4 @@ class GroupConsumer:
                 _callback, _partitions, done = self._callbacks.get_nowait()
             except queue.Empty:
                 return
-            done.set_result(None)
+            _release(done)

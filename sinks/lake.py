@@ -703,8 +703,10 @@ class HdfsLakeSink:
         assignment = self.consumer.assignment()
         turn_started = time.monotonic()
         for tp, (due, delay) in self._unpositioned.copy().items():
-            if time.monotonic() - turn_started > 5.0:
-                break  # HDFS answering slowly: the loop must go on polling; next turn
+            if time.monotonic() - turn_started > 5.0 or self.consumer.rebalance_pending():
+                # HDFS answering slowly, or the group waiting for our poll: the loop must
+                # go on polling; the others next turn.
+                break
             if tp not in assignment:
                 del self._unpositioned[tp]
                 self.buffers.pop(tp, None)
@@ -889,6 +891,8 @@ class HdfsLakeSink:
     def _commit_landed(self) -> None:
         """Commit what landed to Kafka, from the consumer's own thread (it is not
         thread-safe). Advisory only: the lake's manifests are where a restart resumes."""
+        if self.consumer.rebalance_pending():
+            return  # poll first (a commit would fail in the rebalance anyway); next turn
         with self._landed_lock:
             landed, self._landed = self._landed, {}
         owned = self.consumer.assignment()

@@ -24,13 +24,18 @@ Step = Callable[["ScriptedAiokafka"], Awaitable[dict[Any, list[Any]]]]
 
 
 class ScriptedAiokafka:
-    script: ClassVar[list[Step]] = []  # the next instance's steps
+    """aiokafka as the adapter sees it: during a rebalance the old assignment stands
+    until the revoke callback has run; a fetch returns what was drained before."""
+
+    script: ClassVar[list[Step]] = []  # the next instance's steps, one per getmany
 
     def __init__(self, **config: Any) -> None:
-        self.assigned: set[AsyncTopicPartition] = set()
+        self.assigned: set[AsyncTopicPartition] = {TP0, TP1}
         self.paused: set[AsyncTopicPartition] = set()
+        self.seeks: list[tuple[AsyncTopicPartition, int]] = []
         self.listener: Any = None
         self.stopped = False
+        self.release = asyncio.Event()  # lets a held fetch go on
 
     async def start(self) -> None:
         pass
@@ -44,6 +49,10 @@ class ScriptedAiokafka:
     def pause(self, *partitions: AsyncTopicPartition) -> None:
         assert all(isinstance(p, AsyncTopicPartition) for p in partitions)
         self.paused.update(partitions)
+
+    def seek(self, tp: AsyncTopicPartition, offset: int) -> None:
+        assert isinstance(tp, AsyncTopicPartition)
+        self.seeks.append((tp, offset))
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
         if not self.script:
@@ -89,10 +98,32 @@ def consumer(monkeypatch: pytest.MonkeyPatch) -> Any:
         c.close()
 
 
-def test_a_rebalance_runs_on_the_polling_thread_before_its_records(consumer: Any) -> None:
-    async def rebalance_then_records(fake: ScriptedAiokafka) -> dict[Any, list[Any]]:
-        await fake.rebalance({TP0})
-        return {TP0: ["r0"], TP1: ["r1"]}  # TP1: fetched before it was revoked
+def fake(c: GroupConsumer) -> ScriptedAiokafka:
+    return c._consumer  # type: ignore[return-value]
+
+
+def until(what: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def release(c: GroupConsumer) -> None:
+    """Let the held fetch return, and wait until it has."""
+    c._loop.call_soon_threadsafe(fake(c).release.set)
+    until(lambda: c._fetching is not None and c._fetching.done())
+
+
+async def held(f: ScriptedAiokafka) -> None:
+    await f.release.wait()
+    f.release.clear()
+
+
+def test_callbacks_run_on_the_polling_thread_before_the_records(consumer: Any) -> None:
+    async def rebalance_then_records(f: ScriptedAiokafka) -> dict[Any, list[Any]]:
+        await f.rebalance({TP0})  # aiokafka's fetch waits out a rebalance
+        return {TP0: ["r0"]}
 
     c = consumer(rebalance_then_records)
     listener = Recorder(c)
@@ -101,39 +132,76 @@ def test_a_rebalance_runs_on_the_polling_thread_before_its_records(consumer: Any
     records = c.poll(timeout_ms=2000, max_records=10)
     me = threading.current_thread().name
     assert listener.calls == [
-        ("revoked", [], me),
+        ("revoked", [TopicPartition("t", 0), TopicPartition("t", 1)], me),
         ("assigned", [TopicPartition("t", 0)], me),
     ]
-    assert records == {TopicPartition("t", 0): ["r0"]}  # only partitions still assigned
-    assert c._consumer.paused == {TP0}
+    assert records == {TopicPartition("t", 0): ["r0"]}
+    assert fake(c).paused == {TP0}  # the callback's pause reached aiokafka
+
+
+def test_records_fetched_before_a_revoke_are_not_returned(consumer: Any) -> None:
+    async def drained_then_rebalanced(f: ScriptedAiokafka) -> dict[Any, list[Any]]:
+        await held(f)
+        # The group rebalances after this fetch drained them (aiokafka keeps the old
+        # assignment until the revoke callback has run).
+        asyncio.get_running_loop().call_soon(asyncio.ensure_future, f.rebalance({TP0}))
+        return {TP0: ["r0"], TP1: ["r1"]}
+
+    c = consumer(drained_then_rebalanced)
+    listener = Recorder()
+    c.subscribe(["t"], listener)
+    assert c.poll(timeout_ms=0, max_records=10) == {}  # the fetch is held
+    release(c)
+    until(c.rebalance_pending)
+    # TP1 is another member's now, and TP0 is read again from wherever its owner
+    # positions it: neither batch is for the caller.
+    assert c.poll(timeout_ms=0, max_records=10) == {}
+    assert listener.calls[0][0] == "revoked"
+
+
+def test_records_fetched_before_a_seek_are_not_returned(consumer: Any) -> None:
+    async def old(f: ScriptedAiokafka) -> dict[Any, list[Any]]:
+        await held(f)
+        return {TP0: ["from 0"], TP1: ["t1"]}
+
+    async def new(f: ScriptedAiokafka) -> dict[Any, list[Any]]:
+        return {TP0: ["from 5"]}
+
+    c = consumer(old, new)
+    c.subscribe(["t"], Recorder())
+    assert c.poll(timeout_ms=0, max_records=10) == {}
+    release(c)
+    c.seek(TopicPartition("t", 0), 5)
+    assert fake(c).seeks == [(TP0, 5)]
+    assert c.poll(timeout_ms=0, max_records=10) == {TopicPartition("t", 1): ["t1"]}
+    assert c.poll(timeout_ms=2000, max_records=10) == {TopicPartition("t", 0): ["from 5"]}
 
 
 def test_a_poll_returns_at_its_timeout_and_the_next_gets_the_fetch(consumer: Any) -> None:
-    async def slow(fake: ScriptedAiokafka) -> dict[Any, list[Any]]:
-        fake.assigned = {TP0}
-        await asyncio.sleep(0.3)
+    async def slow(f: ScriptedAiokafka) -> dict[Any, list[Any]]:
+        await asyncio.sleep(2)
         return {TP0: ["late"]}
 
     c = consumer(slow)
     c.subscribe(["t"], Recorder())
     started = time.monotonic()
     assert c.poll(timeout_ms=50, max_records=10) == {}
-    assert time.monotonic() - started < 0.25
-    assert c.poll(timeout_ms=2000, max_records=10) == {TopicPartition("t", 0): ["late"]}
+    assert time.monotonic() - started < 1.5
+    assert c.poll(timeout_ms=5000, max_records=10) == {TopicPartition("t", 0): ["late"]}
 
 
 def test_close_releases_a_rebalance_nobody_polls_for(consumer: Any) -> None:
-    async def rebalance(fake: ScriptedAiokafka) -> dict[Any, list[Any]]:
-        await fake.rebalance({TP1})
+    async def rebalance(f: ScriptedAiokafka) -> dict[Any, list[Any]]:
+        await f.rebalance({TP1})
         return {}
 
     c = consumer(rebalance)
     listener = Recorder()
     c.subscribe(["t"], listener)
-    assert c.poll(timeout_ms=0, max_records=10) == {}  # the fetch starts, and waits
-    time.sleep(0.1)
+    assert c.poll(timeout_ms=0, max_records=10) == {}  # the fetch starts a rebalance
+    until(c.rebalance_pending)
     started = time.monotonic()
     c.close()
     assert time.monotonic() - started < 5
     assert listener.calls == []  # leaving: nothing is handed over after the last flush
-    assert c._consumer.stopped
+    assert fake(c).stopped

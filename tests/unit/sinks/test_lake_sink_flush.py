@@ -74,6 +74,9 @@ class FakeConsumer:
     def assignment(self) -> set[TopicPartition]:
         return self.assigned
 
+    def rebalance_pending(self) -> bool:
+        return False
+
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         pass
 
