@@ -99,6 +99,7 @@ class GroupConsumer:
         # Per partition, moved by each revoke and seek; read and moved on the loop only.
         self._epochs: dict[AsyncTopicPartition, int] = {}
         self._closing = False  # set on the loop, where callbacks are handed over
+        self._closed = False
 
         async def create() -> AIOKafkaConsumer:
             return AIOKafkaConsumer(**config)  # binds to the running loop
@@ -258,9 +259,11 @@ class GroupConsumer:
 
     def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         async def seek() -> None:
-            if not await self._consumer.seek_to_beginning(*map(_theirs, partitions)):
-                raise KafkaTimeoutError("no answer from Kafka for the first offsets")
+            # Moved first: aiokafka drops what it holds of them at once, and the reset goes
+            # on even if this call times out.
             self.moved(partitions)
+            if not await self._consumer.seek_to_beginning(*map(_theirs, partitions)):
+                raise KafkaTimeoutError("Kafka gave no first offsets (or a rebalance began)")
 
         self._wait(seek(), COMMIT_TIMEOUT_MS)
 
@@ -272,14 +275,18 @@ class GroupConsumer:
 
     def close(self, autocommit: bool = False) -> None:
         """Leave the group (never committing: the sink commits what landed) and stop."""
-        if not self._thread.is_alive():
+        if self._closed:
             return
+        self._closed = True
 
-        def closing() -> None:
+        async def closing() -> None:
             self._closing = True  # on the loop: no callback is handed over after this
 
         try:
-            self._on_loop(closing)
+            try:
+                self._wait(closing(), STOP_TIMEOUT_MS)
+            except KafkaTimeoutError:
+                self._closing = True  # the loop is stuck: it hands nothing over anyway
             self._run_callbacks_unrun()
             if self._fetching is not None:
                 self._fetching.cancel()

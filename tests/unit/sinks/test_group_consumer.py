@@ -36,6 +36,7 @@ class ScriptedAiokafka:
         self.listener: Any = None
         self.stopped = False
         self.release = asyncio.Event()  # lets a held fetch go on
+        self.coordination: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         pass
@@ -54,6 +55,10 @@ class ScriptedAiokafka:
         assert isinstance(tp, AsyncTopicPartition)
         self.seeks.append((tp, offset))
 
+    async def seek_to_beginning(self, *partitions: AsyncTopicPartition) -> bool:
+        self.seeks.extend((tp, 0) for tp in partitions)
+        return True
+
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
         if not self.script:
             await asyncio.sleep(timeout_ms / 1000)
@@ -65,7 +70,13 @@ class ScriptedAiokafka:
         self.assigned = assigned
         await self.listener.on_partitions_assigned(set(assigned))
 
+    def start_rebalance(self, assigned: set[AsyncTopicPartition]) -> None:
+        """As aiokafka's coordinator task does it, beside the fetches."""
+        self.coordination = asyncio.ensure_future(self.rebalance(assigned))
+
     async def stop(self) -> None:
+        if self.coordination is not None:
+            await self.coordination  # aiokafka's stop() waits for its coordination task
         self.stopped = True
 
 
@@ -144,7 +155,7 @@ def test_records_fetched_before_a_revoke_are_not_returned(consumer: Any) -> None
         await held(f)
         # The group rebalances after this fetch drained them (aiokafka keeps the old
         # assignment until the revoke callback has run).
-        asyncio.get_running_loop().call_soon(asyncio.ensure_future, f.rebalance({TP0}))
+        asyncio.get_running_loop().call_soon(f.start_rebalance, {TP0})
         return {TP0: ["r0"], TP1: ["r1"]}
 
     c = consumer(drained_then_rebalanced)
@@ -157,6 +168,13 @@ def test_records_fetched_before_a_revoke_are_not_returned(consumer: Any) -> None
     # positions it: neither batch is for the caller.
     assert c.poll(timeout_ms=0, max_records=10) == {}
     assert listener.calls[0][0] == "revoked"
+    # The assignment follows, in this poll or a next one.
+    until(lambda: c.poll(timeout_ms=0, max_records=10) == {} and len(listener.calls) == 2)
+    assert [call[:2] for call in listener.calls] == [
+        ("revoked", [TopicPartition("t", 0), TopicPartition("t", 1)]),
+        ("assigned", [TopicPartition("t", 0)]),
+    ]
+    assert not c.rebalance_pending()
 
 
 def test_records_fetched_before_a_seek_are_not_returned(consumer: Any) -> None:
@@ -177,6 +195,22 @@ def test_records_fetched_before_a_seek_are_not_returned(consumer: Any) -> None:
     assert c.poll(timeout_ms=2000, max_records=10) == {TopicPartition("t", 0): ["from 5"]}
 
 
+def test_records_fetched_before_a_seek_to_the_beginning_are_not_returned(
+    consumer: Any,
+) -> None:
+    async def old(f: ScriptedAiokafka) -> dict[Any, list[Any]]:
+        await held(f)
+        return {TP0: ["from 7"]}
+
+    c = consumer(old)
+    c.subscribe(["t"], Recorder())
+    assert c.poll(timeout_ms=0, max_records=10) == {}
+    release(c)
+    c.seek_to_beginning(TopicPartition("t", 0))
+    assert fake(c).seeks == [(TP0, 0)]
+    assert c.poll(timeout_ms=0, max_records=10) == {}
+
+
 def test_a_poll_returns_at_its_timeout_and_the_next_gets_the_fetch(consumer: Any) -> None:
     async def slow(f: ScriptedAiokafka) -> dict[Any, list[Any]]:
         await asyncio.sleep(2)
@@ -192,7 +226,8 @@ def test_a_poll_returns_at_its_timeout_and_the_next_gets_the_fetch(consumer: Any
 
 def test_close_releases_a_rebalance_nobody_polls_for(consumer: Any) -> None:
     async def rebalance(f: ScriptedAiokafka) -> dict[Any, list[Any]]:
-        await f.rebalance({TP1})
+        f.start_rebalance({TP1})
+        await held(f)  # aiokafka's fetch waits out the rebalance
         return {}
 
     c = consumer(rebalance)
