@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from kafka import KafkaProducer
@@ -37,6 +37,9 @@ from sinks.lake import LakeWriter, webhdfs_client
 from streamer.delivery import COMPRESSION, make_producer
 from streamer.envelopes import wrap_event
 from streamer.generator import StatusGenerator
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +119,25 @@ def bare_producer_rate(kafka: KafkaSettings, payloads: list[bytes]) -> StageResu
     return StageResult("bare kafka-python producer", seconds, len(payloads), cpu)
 
 
+def _from_the_start(kafka: KafkaSettings, topic: str) -> AIOKafkaConsumer:
+    """An aiokafka reader of all of `topic`, in no group (to be started on a running loop)."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+
+
 def bare_aiokafka_rate(kafka: KafkaSettings, topic: str, events: int) -> StageResult:
     """A bare aiokafka loop over `topic` (the fastest Python Kafka client measured here, its
     records decoded in C): every message read, nothing done, timed from the first."""
-    from aiokafka import AIOKafkaConsumer
 
     async def consume() -> StageResult:
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=kafka.bootstrap_servers,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
-        )
+        consumer = _from_the_start(kafka, topic)
         await consumer.start()
         seen, first = 0, 0.0
         try:
@@ -374,8 +383,6 @@ def _least_sink_seconds(
     write them to WebHDFS every `flush_events` events (on threads, as the sink does)."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from aiokafka import AIOKafkaConsumer
-
     from fedilake.contracts import Envelope
     from sinks.lake import LANDING_THREADS, encode_part, hour_of
 
@@ -386,13 +393,7 @@ def _least_sink_seconds(
         client.write(f"{directory}/{partition}-{n}.json.gz", data=encode_part(lines))
 
     async def consume(pool: ThreadPoolExecutor) -> float:
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=kafka.bootstrap_servers,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
-        )
+        consumer = _from_the_start(kafka, topic)
         await consumer.start()
         landing: list[Future[None]] = []
         buffers: dict[int, list[bytes]] = {}

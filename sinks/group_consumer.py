@@ -161,14 +161,17 @@ class GroupConsumer:
         self._wakeup.set()
         await asyncio.wrap_future(done)
 
-    def _run_callbacks(self) -> None:
+    def _run_callbacks(self, run: bool = True) -> None:
+        """Run the queued callbacks on this thread, or (`run` False, when closing) only let
+        the coordinator go on (see hand_to_caller)."""
         while True:
             try:
                 callback, partitions, done = self._callbacks.get_nowait()
             except queue.Empty:
                 return
             try:
-                callback(partitions)
+                if run:
+                    callback(partitions)
             except Exception:  # as kafka-python and aiokafka do: logged, the group goes on
                 log.exception("a rebalance callback failed for %s", partitions)
             finally:
@@ -287,21 +290,12 @@ class GroupConsumer:
                 self._wait(closing(), STOP_TIMEOUT_MS)
             except KafkaTimeoutError:
                 self._closing = True  # the loop is stuck: it hands nothing over anyway
-            self._run_callbacks_unrun()
+            self._run_callbacks(run=False)
             if self._fetching is not None:
                 self._fetching.cancel()
             self._wait(self._consumer.stop(), STOP_TIMEOUT_MS)
         except (KafkaError, OSError) as exc:
             log.warning("could not leave the consumer group cleanly: %s", exc)
         finally:
-            self._run_callbacks_unrun()
+            self._run_callbacks(run=False)
             self._stop_loop()
-
-    def _run_callbacks_unrun(self) -> None:
-        """Release callbacks queued before closing without running them (see hand_to_caller)."""
-        while True:
-            try:
-                _callback, _partitions, done = self._callbacks.get_nowait()
-            except queue.Empty:
-                return
-            _release(done)
