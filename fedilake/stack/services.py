@@ -198,8 +198,16 @@ def thrift_health(host: str, port: int) -> str:
     return f"Thrift tables() ok, {len(tables)} tables"
 
 
-def new_kafka_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def new_kafka_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64, never starting with "-".
+
+    The storage tool reads `-t -abc...` as an unknown option (one id in 64 starts with "-"), so,
+    as Kafka's own `Uuid.randomUuid()` does, such ids are drawn again.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def stack_services(s: StackSettings) -> list[ServiceSpec]:

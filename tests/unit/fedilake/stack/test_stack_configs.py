@@ -10,7 +10,13 @@ import pytest
 
 from fedilake.settings import StackSettings
 from fedilake.stack import configs
-from fedilake.stack.services import JVM_OPENS, StackPaths, java_command, stack_services
+from fedilake.stack.services import (
+    JVM_OPENS,
+    StackPaths,
+    java_command,
+    new_kafka_cluster_id,
+    stack_services,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -193,3 +199,11 @@ def test_java_command_without_a_marker() -> None:
     command = java_command(Path("java"), ["x"], "1g", "M", [], {})
     assert command[1] == "-Xmx1g"
     assert command[-3:] == ["-cp", "x", "M"]
+
+
+def test_a_kafka_cluster_id_never_starts_with_a_dash() -> None:
+    # 0xF8 encodes to "-" first; the storage tool would read `-t -...` as an option and fail.
+    draws = iter([b"\xf8" + bytes(15), b"\x01" + bytes(15)])
+    cluster_id = new_kafka_cluster_id(lambda: next(draws))
+    assert cluster_id == "AQAAAAAAAAAAAAAAAAAAAA"
+    assert all(not new_kafka_cluster_id().startswith("-") for _ in range(2000))
