@@ -226,6 +226,7 @@ def test_a_poll_returns_at_its_timeout_and_the_next_gets_the_fetch(consumer: Any
 
 def test_close_releases_a_rebalance_nobody_polls_for(consumer: Any) -> None:
     async def rebalance(f: ScriptedAiokafka) -> dict[Any, list[Any]]:
+        await held(f)  # until the poll below has returned: it must not run the revoke
         f.start_rebalance({TP1})
         await held(f)  # aiokafka's fetch waits out the rebalance
         return {}
@@ -233,7 +234,8 @@ def test_close_releases_a_rebalance_nobody_polls_for(consumer: Any) -> None:
     c = consumer(rebalance)
     listener = Recorder()
     c.subscribe(["t"], listener)
-    assert c.poll(timeout_ms=0, max_records=10) == {}  # the fetch starts a rebalance
+    assert c.poll(timeout_ms=0, max_records=10) == {}
+    c._loop.call_soon_threadsafe(fake(c).release.set)  # the fetch starts a rebalance
     until(c.rebalance_pending)
     started = time.monotonic()
     c.close()
