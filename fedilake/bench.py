@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 from kafka import KafkaProducer
 
-from fedilake.contracts import Metric, Topics, TopicSpec
+from fedilake.contracts import MAX_MESSAGE_BYTES, Metric, Topics, TopicSpec
 from fedilake.kafka_topics import end_offsets, ensure_topics
 from fedilake.pipeline import child_pids, cli_processes, initialize
 from fedilake.settings import (
@@ -34,7 +34,7 @@ from fedilake.settings import (
 from fedilake.stack.control import LocalStack, running_pid
 from sinks.hbase import MetricStore, connect
 from sinks.lake import LakeWriter, webhdfs_client
-from streamer.delivery import COMPRESSION, make_producer
+from streamer.delivery import BATCH_BYTES, COMPRESSION, LINGER_MS, make_producer
 from streamer.envelopes import wrap_event
 from streamer.generator import StatusGenerator
 
@@ -61,6 +61,11 @@ class StageResult:
     def per_cpu_second(self) -> float:
         """Events per CPU-second: the rate on one core with nothing else running."""
         return self.events / self.cpu_seconds if self.cpu_seconds > 0 else float("nan")
+
+
+def _us(seconds: float, events: int) -> float:
+    """Microseconds per event."""
+    return seconds / events * 1e6 if events else float("nan")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -117,6 +122,49 @@ def bare_producer_rate(kafka: KafkaSettings, payloads: list[bytes]) -> StageResu
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     producer.close()
     return StageResult("bare kafka-python producer", seconds, len(payloads), cpu)
+
+
+def aiokafka_batch_producer_rate(kafka: KafkaSettings, payloads: list[bytes]) -> StageResult:
+    """aiokafka with the streamer's producer settings, the same bytes built into batches by
+    its C record builder (`create_batch`): the cheapest Python sender measured here."""
+    from aiokafka import AIOKafkaProducer
+
+    async def produce() -> StageResult:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            compression_type=COMPRESSION,
+            linger_ms=LINGER_MS,
+            max_batch_size=BATCH_BYTES,
+            max_request_size=MAX_MESSAGE_BYTES,
+        )
+        await producer.start()
+        try:
+            partitions = sorted(await producer.partitions_for(BASELINE_TOPIC.name))
+            started, cpu_started = time.perf_counter(), time.process_time()
+            batches = {p: producer.create_batch() for p in partitions}
+            sends = []
+            for n, payload in enumerate(payloads):
+                partition, key = partitions[n % len(partitions)], str(n).encode()
+                if batches[partition].append(key=key, value=payload, timestamp=None) is None:
+                    full, batches[partition] = batches[partition], producer.create_batch()
+                    sends.append(
+                        await producer.send_batch(full, BASELINE_TOPIC.name, partition=partition)
+                    )
+                    batches[partition].append(key=key, value=payload, timestamp=None)
+            for partition, batch in batches.items():
+                if batch.record_count():
+                    sends.append(
+                        await producer.send_batch(batch, BASELINE_TOPIC.name, partition=partition)
+                    )
+            await asyncio.gather(*sends)
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        finally:
+            await producer.stop()
+        return StageResult("aiokafka producer, batch API", seconds, len(payloads), cpu)
+
+    return asyncio.run(produce())
 
 
 def _from_the_start(kafka: KafkaSettings, topic: str) -> AIOKafkaConsumer:
@@ -432,16 +480,25 @@ def run_streamer_bench(events: int, out: Callable[[str], None], reader_events: i
     day = bench_day()
     seed = day.toordinal()
     out(f"benchmark: {events} events, seed {seed}, acks=all, idempotent, {COMPRESSION}")
-    baseline = bare_producer_rate(kafka, baseline_bytes(events, day, seed))
+    payloads = baseline_bytes(events, day, seed)
+    baseline = bare_producer_rate(kafka, payloads)
     out(
         f"  baseline  {baseline.name}: {baseline.rate:,.0f} events/s, "
         f"{baseline.per_cpu_second:,.0f} per CPU-second"
+    )
+    batched = aiokafka_batch_producer_rate(kafka, payloads)
+    del payloads
+    out(
+        f"            {batched.name}: {batched.rate:,.0f} events/s, "
+        f"{_us(batched.cpu_seconds, batched.events):.0f} us of CPU per event (the cheapest Python "
+        "sender measured here)"
     )
     out(
         "  (the simulator shares the machine's cores with the streamer; per CPU-second counts "
         "only the streamer's own processes, readers and sender)"
     )
     base_port = 18600 + os.getpid() % 100 * 4
+    aiokafka_costs: list[float] = []  # per transport: CPU per event with aiokafka's batches
     with tempfile.TemporaryDirectory(prefix="fedilake-bench-") as tmp:
         for n, transport in enumerate(("sse", "websocket")):
             stage = _streamer_stage(
@@ -457,11 +514,21 @@ def run_streamer_bench(events: int, out: Callable[[str], None], reader_events: i
             )
             out(
                 f"    meanwhile, on the same cores: the simulator spent "
-                f"{stage.simulator_cpu_s / run.events * 1e6:.0f} us and the Kafka broker "
-                f"{stage.broker_cpu_s / run.events * 1e6:.0f} us of CPU per event, the "
-                f"streamer {run.cpu_seconds / run.events * 1e6:.0f} us, the bare producer "
-                f"{baseline.cpu_seconds / baseline.events * 1e6:.0f} us"
+                f"{_us(stage.simulator_cpu_s, run.events):.0f} us and the Kafka broker "
+                f"{_us(stage.broker_cpu_s, run.events):.0f} us of CPU per event, the "
+                f"streamer {_us(run.cpu_seconds, run.events):.0f} us (readers "
+                f"{_us(stage.readers_cpu_s, run.events):.0f}, sender process "
+                f"{_us(run.cpu_seconds - stage.readers_cpu_s, run.events):.0f}), the bare "
+                f"producer {_us(baseline.cpu_seconds, baseline.events):.0f} us"
             )
+            # The same streamer with kafka-python's send (what the bare producer spends)
+            # swapped for aiokafka's batches, beside the same simulator and broker.
+            swapped = (
+                (run.cpu_seconds + stage.simulator_cpu_s + stage.broker_cpu_s) / run.events
+                - (baseline.cpu_seconds / baseline.events)
+                + batched.cpu_seconds / batched.events
+            )
+            aiokafka_costs.append(swapped)
         with cli_processes(Path(tmp) / "least") as start:
             simulator, _ = _start_simulator(start, base_port + 2, events, seed + 2)
             least = _least_streamer_rate(kafka, simulator, events)
@@ -477,6 +544,12 @@ def run_streamer_bench(events: int, out: Callable[[str], None], reader_events: i
             f"  0.8 x the bare producer is {target:,.0f} events/s: {cores} cores then give "
             f"{cores / target * 1e6:.0f} us of CPU per event to the simulator, the broker and "
             "the streamer together"
+        )
+        out(
+            "  the same streamer sending through aiokafka's batch API instead of kafka-python "
+            "would leave the streamer, the simulator and the broker "
+            + " and ".join(f"{cost * 1e6:.0f} us" for cost in aiokafka_costs)
+            + " of CPU per event (sse, websocket)"
         )
         # The readers alone, without Kafka: what a listener built on each keeps up with.
         # Each reader gets a simulator of its own holding exactly its statuses.
@@ -515,6 +588,7 @@ def _start_simulator(
 @dataclass(frozen=True)
 class StreamerStage:
     result: StageResult  # CPU: the streamer's own processes
+    readers_cpu_s: float  # of which its readers' process (the rest: the sender process)
     readers_mb: float
     sender_mb: float
     simulator_cpu_s: float  # over the same window, on the same cores
@@ -542,9 +616,10 @@ def _streamer_stage(
         def published() -> int:
             return sum(end_offsets(kafka, Topics.EVENTS.name).values()) - before
 
-        def cpu() -> tuple[float, float, float]:
+        def cpu() -> tuple[float, float, float, float]:
             return (
                 cpu_seconds([streamer.pid, *child_pids(streamer.pid)]),
+                cpu_seconds([streamer.pid]),
                 cpu_seconds([simulator_process.pid]),
                 cpu_seconds([broker] if broker is not None else []),
             )
@@ -552,12 +627,13 @@ def _streamer_stage(
         t_first = wait_until("the first event in Kafka", lambda: published() > 0, 60, 0.02)
         cpu_first = cpu()
         t_all = wait_until(f"{events} events in Kafka", lambda: published() >= events, 600, 0.05)
-        streamer_cpu, simulator_cpu, broker_cpu = (
+        streamer_cpu, readers_cpu, simulator_cpu, broker_cpu = (
             b - a for a, b in zip(cpu_first, cpu(), strict=True)
         )
         name = f"simulator -> streamer ({transport}) -> Kafka"
         return StreamerStage(
             StageResult(name, t_all - t_first, events, streamer_cpu),
+            readers_cpu_s=readers_cpu,
             readers_mb=rss_mb(streamer.pid),
             sender_mb=sum(rss_mb(child) for child in child_pids(streamer.pid)),
             simulator_cpu_s=simulator_cpu,

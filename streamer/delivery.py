@@ -47,6 +47,8 @@ SEQ_HEADER = "fedilake.seq"
 
 # zstd, not gzip: kafka-python compresses gzip at level 9, a fifth of the sender's time.
 COMPRESSION = "zstd"
+LINGER_MS = 20
+BATCH_BYTES = 256 * 1024
 
 
 class KeyPartitioner(DefaultPartitioner):
@@ -77,8 +79,8 @@ def make_producer(settings: KafkaSettings) -> KafkaProducer:
         enable_idempotence=True,
         compression_type=COMPRESSION,
         partitioner=KeyPartitioner(),
-        linger_ms=20,
-        batch_size=256 * 1024,
+        linger_ms=LINGER_MS,
+        batch_size=BATCH_BYTES,
         max_in_flight_requests_per_connection=5,
         max_request_size=MAX_MESSAGE_BYTES,
         retries=2**31 - 1,
