@@ -9,5 +9,8 @@ echo "== lint" >&2
 .venv/bin/ruff check .
 .venv/bin/ruff format --check --quiet .
 .venv/bin/mypy
+echo "== stack jars (Maven Central, first run only)" >&2
+# Before the tests, so no test's timeout is spent on downloads.
+.venv/bin/fedilake stack fetch
 echo "== tests (unit, integration, e2e)" >&2
 exec .venv/bin/python -m pytest tests/unit tests/integration tests/e2e "$@"

@@ -81,7 +81,10 @@ def cmd_stack(args: argparse.Namespace) -> int:
     from fedilake.stack.control import LocalStack, tail
 
     stack = LocalStack(StackSettings())
-    if args.action == "up":
+    if args.action == "fetch":
+        for lib in stack.fetch(args.services or None):
+            out(f"{lib.name:9} jars in {lib}")
+    elif args.action == "up":
         for status in stack.up(args.services or None):
             out(
                 f"{status.name:9} up  pid {status.pid:<7} ports {_ports(status.ports):28} "
@@ -439,7 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stack", help="the local stack of real services")
-    p.add_argument("action", choices=["up", "down", "status", "logs", "kill"])
+    p.add_argument(
+        "action",
+        choices=["up", "down", "status", "logs", "kill", "fetch"],
+        help="fetch: resolve the services' jars from Maven Central, starting nothing",
+    )
     p.add_argument("services", nargs="*", help="kafka, namenode, datanode, hbase, thrift")
     p.add_argument("-n", "--lines", type=int, default=40, help="log lines to show (logs)")
     p.set_defaults(func=cmd_stack)

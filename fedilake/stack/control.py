@@ -136,6 +136,18 @@ class LocalStack:
 
     # ------------------------------------------------------------------ up
 
+    def fetch(self, only: Iterable[str] | None = None) -> list[Path]:
+        """Resolve the jars of the services (all, or `only`) from Maven Central, starting
+        nothing; each component's once per version of its pom."""
+        wanted = set(only) if only else None
+        for name in wanted or ():
+            self.service(name)  # an unknown name is an error, not nothing to do
+        java = find_java(self.settings.java_home)
+        components = dict.fromkeys(
+            spec.component for spec in self.services if wanted is None or spec.name in wanted
+        )
+        return [ensure_jars(component, self.paths.lib, java) for component in components]
+
     def up(self, only: Iterable[str] | None = None) -> list[ServiceStatus]:
         wanted = set(only) if only else None
         java = find_java(self.settings.java_home)

@@ -175,3 +175,35 @@ def test_stack_logs_of_a_service_that_never_ran(
     assert cli.main(["stack", "logs", "kafka"]) == 0
     expected = tmp_path / "state" / "logs" / "kafka.log"
     assert capsys.readouterr().out == f"(no log at {expected})\n"
+
+
+def test_stack_fetch_resolves_each_component_once_and_starts_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fedilake.stack.control as control
+
+    resolved: list[str] = []
+
+    def ensure_jars(component: str, lib_root: Path, java: object) -> Path:
+        resolved.append(component)
+        return lib_root / component
+
+    monkeypatch.setattr(control, "find_java", lambda java_home: object())
+    monkeypatch.setattr(control, "ensure_jars", ensure_jars)
+    monkeypatch.setattr(control.LocalStack, "up", lambda *a, **k: pytest.fail("started"))
+    assert cli.main(["stack", "fetch", "thrift", "hbase", "kafka"]) == 0
+    assert resolved == ["kafka", "hbase"]  # in start order, HBase's jars once for both
+    lib = tmp_path / "state" / "lib"
+    assert capsys.readouterr().out.splitlines() == [
+        f"kafka     jars in {lib / 'kafka'}",
+        f"hbase     jars in {lib / 'hbase'}",
+    ]
+    resolved.clear()
+    assert cli.main(["stack", "fetch"]) == 0
+    assert resolved == ["kafka", "hadoop", "hbase"]
+
+
+def test_stack_fetch_of_an_unknown_service_returns_2(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="fedilake"):
+        assert cli.main(["stack", "fetch", "zookeeper"]) == 2
+    assert "unknown service 'zookeeper'" in caplog.text
